@@ -1,0 +1,59 @@
+# Fresh-machine set-up and the project's main commands. Everything installs into .venv/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+D2_SDIST_DIR := .cache/detectron2
+LINT_PATHS := d2_detr tools datasets demo benchmarks tests setup.py
+
+.PHONY: install test lint pytest demo bench-install benchmarks format clean
+
+install: $(STAMP)
+
+# Idempotent: the stamp is only rebuilt when setup.py or the pins change.
+$(STAMP): setup.py $(CONSTRAINTS) Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c $(CONSTRAINTS) pip setuptools wheel
+	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
+	@# Detectron2 v0.6 from the pb1-detectron2 sdist: pure Python (ext_modules=[]), own deps by us.
+	@if ! $(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('detectron2') is None)"; then \
+	  rm -rf $(D2_SDIST_DIR) && mkdir -p $(D2_SDIST_DIR) && \
+	  $(PIP) download -q --no-deps --no-build-isolation -d $(D2_SDIST_DIR) -c $(CONSTRAINTS) pb1-detectron2 && \
+	  tar -xzf $(D2_SDIST_DIR)/pb1-detectron2-*.tar.gz -C $(D2_SDIST_DIR) && \
+	  sed -i 's/^    ext_modules=get_extensions(),/    ext_modules=[],/' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
+	  grep -q '^    ext_modules=\[\],' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
+	  $(PIP) install -q --no-deps --no-build-isolation $(D2_SDIST_DIR)/pb1-detectron2-*/ && \
+	  test -d "$$($(PY) -c 'import os,importlib.util as u;print(os.path.dirname(u.find_spec("detectron2").origin))')/model_zoo/configs"; \
+	fi
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]"
+	$(PY) -c "import d2_detr, detectron2.modeling, torchvision"
+	@touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/black --check -q -l 100 $(LINT_PATHS)
+	$(VENV)/bin/isort --check-only -q --profile black -l 100 $(LINT_PATHS)
+	$(VENV)/bin/flake8 $(LINT_PATHS)
+
+pytest: install
+	$(PY) -m pytest -q tests
+
+test: lint pytest
+
+format: install
+	$(VENV)/bin/isort -q --profile black -l 100 $(LINT_PATHS)
+	$(VENV)/bin/black -q -l 100 $(LINT_PATHS)
+
+demo: install
+	$(PY) demo/run_demo.py
+
+bench-install: install
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
+
+benchmarks: bench-install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .cache output

@@ -1,0 +1,69 @@
+"""``add_detr_config(cfg)``: every default of d2-detr, in one place."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_detr_config(cfg):
+    """Add the ``MODEL.DETR``, solver and input keys used by d2-detr to a Detectron2 config."""
+    cfg.MODEL.DETR = CN()
+    # Total number of categories (things + stuff) in the dataset's contiguous id space.
+    cfg.MODEL.DETR.NUM_CLASSES = 80
+    cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
+
+    # Transformer
+    cfg.MODEL.DETR.HIDDEN_DIM = 256
+    cfg.MODEL.DETR.NHEADS = 8
+    cfg.MODEL.DETR.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.DETR.ENC_LAYERS = 6
+    cfg.MODEL.DETR.DEC_LAYERS = 6
+    cfg.MODEL.DETR.DROPOUT = 0.1
+    cfg.MODEL.DETR.PRE_NORM = False
+    # Backbone: dilate res5 (DC5 variant)
+    cfg.MODEL.DETR.DC5 = False
+
+    # Loss: deep supervision over every decoder layer, class weights and matcher costs
+    cfg.MODEL.DETR.DEEP_SUPERVISION = True
+    cfg.MODEL.DETR.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.DETR.CLASS_WEIGHT = 1.0
+    cfg.MODEL.DETR.L1_WEIGHT = 5.0
+    cfg.MODEL.DETR.GIOU_WEIGHT = 2.0
+    cfg.MODEL.DETR.MASK_WEIGHT = 1.0  # sigmoid focal
+    cfg.MODEL.DETR.DICE_WEIGHT = 1.0
+    cfg.MODEL.DETR.COST_CLASS = 1.0
+    cfg.MODEL.DETR.COST_BBOX = 5.0
+    cfg.MODEL.DETR.COST_GIOU = 2.0
+    # Optional mask cost in the matcher (0 disables it; DETR matches on boxes only)
+    cfg.MODEL.DETR.COST_MASK = 0.0
+    cfg.MODEL.DETR.COST_DICE = 0.0
+    cfg.MODEL.DETR.MATCHER_NUM_POINTS = 12544
+
+    # Panoptic mask head; FREEZE_DETECTOR trains only the mask head (DETR's two-stage recipe)
+    cfg.MODEL.DETR.MASK_ON = True
+    cfg.MODEL.DETR.FREEZE_DETECTOR = False
+
+    # Inference
+    cfg.MODEL.DETR.TEST = CN()
+    cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
+    cfg.MODEL.DETR.TEST.INSTANCE_ON = True
+    cfg.MODEL.DETR.TEST.SEMANTIC_ON = False
+    cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85
+    cfg.MODEL.DETR.TEST.OVERLAP_THRESHOLD = 0.8
+    cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA = 4
+
+    # Solver: AdamW, smaller backbone lr, no decay on norms/embeddings, full-model clipping
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # CLIP_TYPE "full_model" clips the norm of all gradients together (DETR); Detectron2's
+    # "value"/"norm" clip per parameter.
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+    # Input pipeline of the DETR mapper (flip, multi-scale resize, random crop)
+    cfg.INPUT.DATASET_MAPPER_NAME = "detr_panoptic"
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute_range"
+    cfg.INPUT.CROP.SIZE = (384, 600)
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
