@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP_QUIET ?= -q
 PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
@@ -16,19 +17,21 @@ install: $(STAMP)
 # Idempotent: the stamp is only rebuilt when setup.py or the pins change.
 $(STAMP): setup.py $(CONSTRAINTS) Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c $(CONSTRAINTS) pip setuptools wheel
-	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
+	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) pip setuptools wheel
+	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) torch torchvision
 	@# Detectron2 v0.6 from the pb1-detectron2 sdist: pure Python (ext_modules=[]), own deps by us.
 	@if ! $(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('detectron2') is None)"; then \
 	  rm -rf $(D2_SDIST_DIR) && mkdir -p $(D2_SDIST_DIR) && \
-	  $(PIP) download -q --no-deps --no-build-isolation -d $(D2_SDIST_DIR) -c $(CONSTRAINTS) pb1-detectron2 && \
+	  $(PIP) download $(PIP_QUIET) --no-deps --no-build-isolation -d $(D2_SDIST_DIR) -c $(CONSTRAINTS) pb1-detectron2 && \
 	  tar -xzf $(D2_SDIST_DIR)/pb1-detectron2-*.tar.gz -C $(D2_SDIST_DIR) && \
 	  sed -i 's/^    ext_modules=get_extensions(),/    ext_modules=[],/' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
 	  grep -q '^    ext_modules=\[\],' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
-	  $(PIP) install -q --no-deps --no-build-isolation $(D2_SDIST_DIR)/pb1-detectron2-*/ && \
-	  test -d "$$($(PY) -c 'import os,importlib.util as u;print(os.path.dirname(u.find_spec("detectron2").origin))')/model_zoo/configs"; \
+	  $(PIP) install $(PIP_QUIET) --no-deps --no-build-isolation $(D2_SDIST_DIR)/pb1-detectron2-*/ && \
+	  d2=$$($(PY) -c 'import os,importlib.util as u;print(os.path.dirname(u.find_spec("detectron2").origin))') && \
+	  rm -rf "$$d2/model_zoo/configs" && \
+	  cp -r $(D2_SDIST_DIR)/pb1-detectron2-*/detectron2/model_zoo/configs "$$d2/model_zoo/configs"; \
 	fi
-	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]"
+	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]"
 	$(PY) -c "import d2_detr, detectron2.modeling, torchvision"
 	@touch $(STAMP)
 
@@ -50,7 +53,7 @@ demo: install
 	$(PY) demo/run_demo.py
 
 bench-install: install
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
+	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) -e ".[bench]"
 
 benchmarks: bench-install
 	$(PY) benchmarks/run_all.py

@@ -10,8 +10,8 @@ Patches and why they exist (remove each once its reason is gone):
   wheel is a CUDA build; beside the CPU build of torch 2.13 its ``_C`` library does not load and
   ``import torchvision`` fails with "operator torchvision::nms does not exist". We try to load
   the native library first; only when that fails do we define the two operators with CPU
-  kernels written in plain torch (``roi_align`` reuses torchvision's own pure-torch reference
-  ``torchvision.ops.roi_align._roi_align``, so gradients flow and semantics match). Remove when
+  kernels written in plain torch (differentiable, with the compiled kernels' semantics, tested
+  against brute-force references in ``tests/test_compat.py``). Remove when
   a CPU torchvision wheel matching the installed torch is available.
 * ``detectron2._C``: the ``pb1-detectron2`` sdist ships no C++ sources, yet
   ``detectron2.layers`` imports ``_C`` at import time (deformable conv, rotated boxes). A
@@ -33,7 +33,7 @@ import types
 import numpy as np
 import torch
 
-__all__ = ["APPLIED", "nms_reference_cpu"]
+__all__ = ["APPLIED", "nms_reference_cpu", "roi_align_reference_cpu"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +97,90 @@ def nms_reference_cpu(boxes, scores, iou_threshold):
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
-def _roi_align_composite(
+def roi_align_reference_cpu(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
 ):
-    from torchvision.ops.roi_align import _roi_align
+    """RoIAlign with the semantics of torchvision's C++ kernel, in differentiable plain torch.
 
-    return _roi_align(
-        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
-    )
+    (torchvision's own pure-torch ``_roi_align`` does not zero samples that fall outside
+    ``[-1, H] x [-1, W]`` as the compiled kernel does, so it is not reused here.)
+
+    Args:
+        input: (N, C, H, W) features.
+        rois: (K, 5) rows of (batch index, x1, y1, x2, y2) in input-image coordinates.
+        spatial_scale: factor from image to feature coordinates.
+        pooled_height, pooled_width: output size (PH, PW).
+        sampling_ratio: samples per bin side; <= 0 means ceil(roi size / output size) per roi.
+        aligned: shift the box by -0.5 pixel (pixel-centre model).
+    Returns:
+        (K, C, PH, PW) pooled features.
+    """
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    if k == 0:
+        return input.new_zeros((0, c, pooled_height, pooled_width))
+    rois = rois.to(input.dtype)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - offset).unbind(1)
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_h, bin_w = roi_h / pooled_height, roi_w / pooled_width
+    if sampling_ratio > 0:
+        grid_h = torch.full((k,), sampling_ratio, dtype=torch.long, device=input.device)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / pooled_height).long()
+        grid_w = torch.ceil(roi_w / pooled_width).long()
+    max_gh, max_gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
+    count = (grid_h * grid_w).clamp(min=1).to(input.dtype)
+
+    def sample_coords(start, bin_size, grid, max_grid, pooled):
+        """(K, P, G) sample positions, (K, 1, G) mask of the samples that exist."""
+        p = torch.arange(pooled, device=input.device, dtype=input.dtype)[None, :, None]
+        i = torch.arange(max_grid, device=input.device, dtype=input.dtype)[None, None, :]
+        g = grid.clamp(min=1).to(input.dtype)[:, None, None]
+        pos = start[:, None, None] + p * bin_size[:, None, None]
+        pos = pos + (i + 0.5) * bin_size[:, None, None] / g
+        return pos, i < grid[:, None, None]
+
+    def corners(pos, size):
+        """Clamped low/high indices and fractional weights of bilinear interpolation."""
+        valid = (pos >= -1.0) & (pos <= size)
+        pos = pos.clamp(min=0)
+        low = pos.floor().long()
+        at_edge = low >= size - 1
+        low = torch.where(at_edge, size - 1, low)
+        high = torch.where(at_edge, size - 1, low + 1)
+        pos = torch.where(at_edge, low.to(pos.dtype), pos)
+        frac = pos - low.to(pos.dtype)
+        return low, high, frac, valid
+
+    ys, ymask = sample_coords(y1, bin_h, grid_h, max_gh, pooled_height)  # (K, PH, GH)
+    xs, xmask = sample_coords(x1, bin_w, grid_w, max_gw, pooled_width)  # (K, PW, GW)
+    y_lo, y_hi, ly, yvalid = corners(ys, h)
+    x_lo, x_hi, lx, xvalid = corners(xs, w)
+    ywt = (yvalid & ymask).to(input.dtype)  # (K, PH, GH)
+    xwt = (xvalid & xmask).to(input.dtype)  # (K, PW, GW)
+
+    feats = input.reshape(n, c, h * w)[rois[:, 0].long()]  # (K, C, H*W)
+
+    def gather(yi, xi):
+        idx = yi[:, :, :, None, None] * w + xi[:, None, None, :, :]  # (K, PH, GH, PW, GW)
+        flat = idx.reshape(k, 1, -1).expand(k, c, -1)
+        return feats.gather(2, flat).reshape(k, c, *idx.shape[1:])
+
+    wy_lo = ((1 - ly) * ywt)[:, None, :, :, None, None]
+    wy_hi = (ly * ywt)[:, None, :, :, None, None]
+    wx_lo = ((1 - lx) * xwt)[:, None, None, None, :, :]
+    wx_hi = (lx * xwt)[:, None, None, None, :, :]
+    val = (
+        wy_lo * wx_lo * gather(y_lo, x_lo)
+        + wy_lo * wx_hi * gather(y_lo, x_hi)
+        + wy_hi * wx_lo * gather(y_hi, x_lo)
+        + wy_hi * wx_hi * gather(y_hi, x_hi)
+    )  # (K, C, PH, GH, PW, GW)
+    return val.sum(dim=(3, 5)) / count[:, None, None, None]
 
 
 _LIBRARY = None  # keeps the torch.library.Library alive
@@ -125,11 +201,14 @@ def _patch_torchvision_ops():
         "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
         "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor"
     )
-    _LIBRARY.impl("roi_align", _roi_align_composite, "CompositeImplicitAutograd")
+    _LIBRARY.impl("roi_align", roi_align_reference_cpu, "CompositeImplicitAutograd")
     import torchvision.extension
 
     # torchvision.ops.nms asserts that native ops exist; now they do (as CPU kernels).
     torchvision.extension._has_ops = lambda: True
+    # ops/roi_align.py imported the old _has_ops by name and would take torchvision's pure-torch
+    # path (different border semantics): route it through the operator defined above.
+    sys.modules["torchvision.ops.roi_align"]._has_ops = lambda: True
     _note("torchvision::nms, torchvision::qnms, torchvision::roi_align (CPU fallbacks)")
 
 
