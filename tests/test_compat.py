@@ -66,7 +66,7 @@ def test_batched_nms_keeps_boxes_of_other_classes():
 
 
 def bilinear(feat, y, x):
-    """Bilinear sample of one (H, W) map at (y, x), zero outside [-1, H] x [-1, W] (torchvision rule)."""
+    """Bilinear sample of an (H, W) map at (y, x); zero outside [-1, H] x [-1, W] as torchvision."""
     h, w = feat.shape
     if y < -1.0 or y > h or x < -1.0 or x > w:
         return 0.0
@@ -145,7 +145,7 @@ def test_roi_align_has_gradients_and_empty_rois():
 
 
 def test_compat_patches_only_what_is_missing():
-    """The torchvision fallback is active exactly when torchvision's native library fails to load."""
+    """The torchvision fallback is active exactly when the native library fails to load."""
     import subprocess
     import sys
 

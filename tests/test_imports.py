@@ -6,7 +6,8 @@ import sys
 
 def test_package_imports_in_fresh_interpreter():
     code = (
-        "import d2_detr, detectron2.modeling, detectron2.engine, detectron2.evaluation, torchvision;"
+        "import d2_detr, detectron2.modeling, detectron2.engine, detectron2.evaluation;"
+        "import torchvision;"
         "from detectron2.config import get_cfg;"
         "cfg = get_cfg(); d2_detr.add_detr_config(cfg);"
         "assert cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 100; print('ok')"
