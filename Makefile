@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 D2_SDIST_DIR := .cache/detectron2
-LINT_PATHS := d2_detr tools datasets demo benchmarks tests setup.py
+LINT_PATHS := $(wildcard d2_detr tools datasets demo benchmarks tests) setup.py
 
 .PHONY: install test lint pytest demo bench-install benchmarks format clean
 
