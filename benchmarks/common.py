@@ -1,0 +1,119 @@
+"""Shared helpers of the benchmark scripts: interleaved timing, GEMM roofline, peer model, output.
+
+Benchmarks compare inside ONE process and report ratios: absolute times on these machines drift.
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch  # noqa: E402
+
+import d2_detr  # noqa: F401  (compat before torchvision / detectron2)
+
+OUTPUT_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "output", "benchmarks"
+)
+
+
+def machine_info():
+    """A short description of where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def interleaved_timing(candidates, runs=5, warmup=1):
+    """Time several callables in turn (A, B, A, B, ...) so drift hits all of them alike.
+
+    Args:
+        candidates: dict name -> zero-argument callable.
+        runs: timed runs of each candidate; warmup: untimed runs of each before that.
+    Returns:
+        dict name -> {"median_s", "min_s", "max_s", "runs_s"}.
+    """
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(runs):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "runs_s": t,
+        }
+        for name, t in times.items()
+    }
+
+
+def measure_gemm_flops(n=2048, runs=5):
+    """Median fp32 FLOP/s of an n x n matmul on this machine, now."""
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def build_peer(num_labels=4, num_queries=20):
+    """HF transformers' DetrForSegmentation with random weights, R50, as FACTS.md section 5."""
+    from transformers import DetrConfig, DetrForSegmentation, ResNetConfig
+
+    config = DetrConfig(
+        num_labels=num_labels,
+        num_queries=num_queries,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone=None,
+        backbone_config=ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"]),
+    )
+    return DetrForSegmentation(config)
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process so far, in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name, payload):
+    """Write output/benchmarks/<name>.json (with machine info) and return its path."""
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    payload = dict(payload, machine=machine_info())
+    path = os.path.join(OUTPUT_DIR, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
