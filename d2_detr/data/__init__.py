@@ -1,0 +1,4 @@
+"""Data: COCO-panoptic format helpers, the concrete-defect converter, validator and synthetic
+generator, and Detectron2 catalog registration (run on import)."""
+
+from . import datasets  # noqa: F401  (registers the datasets)
