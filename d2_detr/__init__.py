@@ -6,5 +6,7 @@ lacks), then exposes the config function.
 
 from . import compat  # noqa: F401  (must run before torchvision / detectron2 are imported)
 from .config import add_detr_config  # noqa: E402
+from . import data  # noqa: F401,E402
+from . import modeling  # noqa: F401,E402
 
 __all__ = ["add_detr_config"]

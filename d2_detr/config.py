@@ -9,6 +9,11 @@ def add_detr_config(cfg):
     # Total number of categories (things + stuff) in the dataset's contiguous id space.
     cfg.MODEL.DETR.NUM_CLASSES = 80
     cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
+    # Contiguous ids of the thing classes, used only when no dataset in DATASETS.TEST/TRAIN has
+    # metadata (thing_dataset_id_to_contiguous_id); empty means every class is a thing.
+    cfg.MODEL.DETR.THING_CLASSES = []
+    # Inputs are padded to a multiple of this (at least the backbone's largest stride)
+    cfg.MODEL.DETR.SIZE_DIVISIBILITY = 32
 
     # Transformer
     cfg.MODEL.DETR.HIDDEN_DIM = 256

@@ -1,0 +1,105 @@
+"""DETR's panoptic mask head: per-query multi-head attention maps over the encoder memory, then
+an FPN-like conv head that upsamples them with backbone features to 1/4 resolution."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _group_norm(channels, groups=8):
+    # DETR uses 8 groups; smaller widths (tiny models) fall back to a divisor of the channels
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
+
+
+class MHAttentionMap(nn.Module):
+    """
+    Attention weights of each query over the memory, per head. As in DETR, the softmax runs jointly
+    over heads and positions of a query, and padded positions get zero weight.
+    """
+
+    def __init__(self, query_dim, hidden_dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_linear = nn.Linear(query_dim, hidden_dim)
+        self.k_linear = nn.Linear(query_dim, hidden_dim)
+        self.scale = float(hidden_dim / num_heads) ** -0.5
+        for lin in (self.q_linear, self.k_linear):
+            nn.init.zeros_(lin.bias)
+            nn.init.xavier_uniform_(lin.weight)
+
+    def forward(self, q, k, mask=None):
+        """
+        Args:
+            q: (B, N, C) query features; k: (B, C, H, W) memory; mask: (B, H, W) True on padding.
+        Returns:
+            (B, N, num_heads, H, W) attention weights.
+        """
+        b, n, _ = q.shape
+        h, w = k.shape[-2:]
+        q = self.q_linear(q).view(b, n, self.num_heads, -1)
+        k = F.conv2d(k, self.k_linear.weight[:, :, None, None], self.k_linear.bias)
+        k = k.view(b, self.num_heads, -1, h, w)
+        weights = torch.einsum("bqnc,bnchw->bqnhw", q * self.scale, k)
+        if mask is not None:
+            weights = weights.masked_fill(mask[:, None, None], float("-inf"))
+        return weights.flatten(2).softmax(-1).view(b, n, self.num_heads, h, w)
+
+
+class MaskHeadSmallConv(nn.Module):
+    """
+    Conv head turning (features, attention maps) of each query into mask logits at the resolution
+    of the finest FPN input. Widths: ``dim`` = hidden_dim + num_heads, then context_dim / 2, /4,
+    /8, /16 (as in DETR); FPN inputs of any width are adapted with 1x1 convs.
+    """
+
+    def __init__(self, dim, fpn_dims, context_dim):
+        super().__init__()
+        widths = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16]
+        self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.gn1 = _group_norm(dim)
+        self.lay2 = nn.Conv2d(dim, widths[1], 3, padding=1)
+        self.gn2 = _group_norm(widths[1])
+        self.lay3 = nn.Conv2d(widths[1], widths[2], 3, padding=1)
+        self.gn3 = _group_norm(widths[2])
+        self.lay4 = nn.Conv2d(widths[2], widths[3], 3, padding=1)
+        self.gn4 = _group_norm(widths[3])
+        self.lay5 = nn.Conv2d(widths[3], widths[4], 3, padding=1)
+        self.gn5 = _group_norm(widths[4])
+        self.out_lay = nn.Conv2d(widths[4], 1, 3, padding=1)
+        self.adapter1 = nn.Conv2d(fpn_dims[0], widths[1], 1)
+        self.adapter2 = nn.Conv2d(fpn_dims[1], widths[2], 1)
+        self.adapter3 = nn.Conv2d(fpn_dims[2], widths[3], 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x, attn, fpns):
+        """
+        Args:
+            x: (B, C, H, W) projected features at the attention-map resolution.
+            attn: (B, N, num_heads, H, W) attention maps of N queries.
+            fpns: three (B, C_i, H_i, W_i) backbone features, coarse to fine (res4, res3, res2).
+        Returns:
+            (B, N, H_3, W_3) mask logits at the finest FPN resolution.
+        """
+        b, n = attn.shape[:2]
+
+        def per_query(t):  # (B, C, h, w) -> (B*N, C, h, w)
+            return t.unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
+
+        x = torch.cat([per_query(x), attn.flatten(0, 1)], 1)
+        x = F.relu(self.gn1(self.lay1(x)))
+        x = F.relu(self.gn2(self.lay2(x)))
+        for adapter, lay, gn, fpn in (
+            (self.adapter1, self.lay3, self.gn3, fpns[0]),
+            (self.adapter2, self.lay4, self.gn4, fpns[1]),
+            (self.adapter3, self.lay5, self.gn5, fpns[2]),
+        ):
+            f = adapter(fpn)
+            x = per_query(f) + F.interpolate(x, size=f.shape[-2:], mode="nearest")
+            x = F.relu(gn(lay(x)))
+        x = self.out_lay(x)
+        return x.view(b, n, *x.shape[-2:])

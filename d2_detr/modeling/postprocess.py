@@ -1,0 +1,136 @@
+"""From one image's raw DETR outputs to Detectron2's panoptic / instance / semantic results."""
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Boxes, Instances
+from torchvision.ops import box_convert
+
+
+def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
+    """
+    Mask logits predicted on the padded canvas -> logits at the original image size.
+
+    Args:
+        mask_logits: (N, h, w) logits covering the top-left ``padded_size`` region of the
+            padded input (h, w = padded size / stride), possibly cropped to the valid region.
+        padded_size: (H, W) input size the logits' grid spans (``h * stride``, ``w * stride``).
+        image_size: (h_img, w_img) valid (unpadded) size of the network input.
+        output_size: (height, width) original image size.
+    Returns:
+        (N, height, width) float logits.
+    """
+    if mask_logits.shape[0] == 0:
+        return mask_logits.new_zeros((0, *output_size))
+    x = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    x = x[:, :, : image_size[0], : image_size[1]]
+    if tuple(image_size) != tuple(output_size):
+        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
+    return x[0]
+
+
+def class_scores(logits):
+    """(Q, K+1) logits -> best non-background (scores, labels) and the full probabilities."""
+    prob = logits.softmax(-1)
+    scores, labels = prob[:, :-1].max(-1)
+    return scores, labels, prob
+
+
+def select_panoptic_queries(logits, threshold):
+    """Indices of queries whose best class is not "no object" and whose score > threshold."""
+    prob = logits.softmax(-1)
+    scores, labels = prob.max(-1)
+    keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
+    return keep.nonzero().flatten()
+
+
+def panoptic_inference(
+    scores, labels, mask_logits, thing_ids, overlap_threshold=0.8, min_area=4
+):  # fmt: skip
+    """
+    Pixel-wise argmax over the kept queries' masks, then segments.
+
+    Args:
+        scores, labels: (N,) score and contiguous class of each kept query.
+        mask_logits: (N, H, W) logits of the kept queries at the output size.
+        thing_ids: set of contiguous class ids that are things.
+        overlap_threshold: a query is dropped when it wins fewer than this fraction of the pixels
+            its own mask covers (prob >= 0.5), i.e. when it is mostly overlapped by others.
+        min_area: segments of at most this many pixels are dropped.
+    Returns:
+        panoptic_seg: (H, W) int32 segment ids (0 = void), segments_info: list of dicts with
+        id, category_id, isthing, score, area. Queries of the same stuff class form one segment.
+    """
+    h, w = mask_logits.shape[-2:]
+    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_logits.device)
+    if mask_logits.shape[0] == 0:
+        return panoptic_seg, []
+    n = mask_logits.shape[0]
+    winner = mask_logits.argmax(0)  # (H, W)
+    won = torch.bincount(winner.flatten(), minlength=n)
+    own = (mask_logits >= 0).flatten(1).sum(1)  # sigmoid >= 0.5
+    ok = (won > 0) & (own > 0) & (won >= overlap_threshold * own.clamp(min=1))
+
+    # segment id per query: things get their own id, stuff queries of one class share one id
+    labels_l, scores_l, ok_l = labels.tolist(), scores.tolist(), ok.tolist()
+    seg_of_query = [0] * n
+    segments, stuff_seg = [], {}
+    for q in range(n):
+        if not ok_l[q]:
+            continue
+        c = labels_l[q]
+        isthing = c in thing_ids
+        if not isthing and c in stuff_seg:
+            seg = stuff_seg[c]
+            seg["score"] = max(seg["score"], scores_l[q])
+        else:
+            seg = {"id": len(segments) + 1, "category_id": c, "isthing": isthing}
+            seg["score"] = scores_l[q]
+            segments.append(seg)
+            if not isthing:
+                stuff_seg[c] = seg
+        seg_of_query[q] = seg["id"]
+    lut = torch.as_tensor(seg_of_query, dtype=torch.int32, device=mask_logits.device)
+    panoptic_seg = lut[winner]
+
+    # drop tiny segments (after merging), then renumber 1..S
+    areas = torch.bincount(panoptic_seg.flatten().long(), minlength=len(segments) + 1).tolist()
+    remap = [0] * (len(segments) + 1)
+    segments_info = []
+    for seg in segments:
+        area = areas[seg["id"]]
+        if area <= min_area:
+            continue
+        remap[seg["id"]] = len(segments_info) + 1
+        segments_info.append({**seg, "id": len(segments_info) + 1, "area": int(area)})
+    panoptic_seg = torch.as_tensor(remap, dtype=torch.int32, device=panoptic_seg.device)[
+        panoptic_seg.long()
+    ]
+    return panoptic_seg, segments_info
+
+
+def instance_inference(scores, labels, boxes, mask_logits, output_size):
+    """
+    Args:
+        scores, labels: (N,) of the thing queries; boxes: (N, 4) normalised cxcywh;
+        mask_logits: (N, H, W) at ``output_size``, or None (detection only).
+    Returns:
+        Instances with pred_boxes (absolute xyxy at the output size), scores, pred_classes,
+        pred_masks (bool), sorted by decreasing score.
+    """
+    order = scores.argsort(descending=True)
+    h, w = output_size
+    result = Instances(output_size)
+    xyxy = box_convert(boxes[order].float(), "cxcywh", "xyxy")
+    xyxy = xyxy * torch.as_tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
+    result.pred_boxes = Boxes(xyxy)
+    result.pred_boxes.clip(output_size)
+    result.scores = scores[order]
+    result.pred_classes = labels[order]
+    if mask_logits is not None:
+        result.pred_masks = mask_logits[order] > 0
+    return result
+
+
+def semantic_inference(prob, mask_logits):
+    """(Q, K+1) class probabilities, (Q, H, W) mask logits -> (K, H, W) class scores."""
+    return torch.einsum("qc,qhw->chw", prob[:, :-1], mask_logits.sigmoid())
