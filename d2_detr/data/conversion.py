@@ -23,10 +23,11 @@ two) and is dropped when fewer than ``min_area`` remain -> the remaining pixels 
 1..N in (category id, raster order of the component) order, background last.
 
 Images: a JPEG input (any extension) without EXIF rotation is copied byte for byte; anything
-else (.png, rotated or CMYK JPEG) is decoded and re-encoded as JPEG quality 95, because
+else (.png, rotated or CMYK JPEG) is decoded and re-encoded as JPEG quality 95 (4:4:4), because
 Detectron2 v0.6's ``load_coco_panoptic_json`` looks for ``<png stem>.jpg``.
 
-Splits are drawn by image with a seeded permutation of the sorted stems; empty splits are not
+Splits are drawn by image with a seeded permutation of the sorted stems; byte-identical images
+(duplicates under two names) are kept in one split, so they cannot leak; empty splits are not
 written. Image ids are the 1-based positions of the sorted stems, so they are unique across
 splits. Everything is written into a temporary sibling folder that is validated with
 :func:`d2_detr.data.validation.check_panoptic` and renamed to ``OUT`` only on success: a failed
@@ -35,6 +36,7 @@ or interrupted run leaves ``OUT`` as it was (a run killed with SIGKILL may leave
 output, whatever the number of workers.
 """
 
+import hashlib
 import multiprocessing as mp
 import os
 import shutil
@@ -137,14 +139,19 @@ def _split_count(fraction, n):
     return 1 if fraction > 0 and k == 0 and n >= 2 else k
 
 
-def split_stems(stems, val_fraction=0.2, test_fraction=0.0, seed=0):
+def split_stems(stems, val_fraction=0.2, test_fraction=0.0, seed=0, groups=None):
     """Assign each stem to ``train``/``val``/``test`` with a seeded permutation.
 
-    A non-zero fraction gets at least one image when there are two or more; train keeps at
-    least one image. Returns dict stem -> split.
+    Args:
+        groups: optional dict stem -> group key; stems of one group (e.g. byte-identical
+            images) always share a split. The fractions then count groups.
+    A non-zero fraction gets at least one group when there are two or more; train keeps at
+    least one. Returns dict stem -> split.
     """
     stems = sorted(stems)
-    n = len(stems)
+    groups = groups or {}
+    keys = sorted({groups.get(s, s) for s in stems})
+    n = len(keys)
     n_test, n_val = _split_count(test_fraction, n), _split_count(val_fraction, n)
     while n_test + n_val > max(n - 1, 0):
         if n_val >= n_test:
@@ -152,10 +159,22 @@ def split_stems(stems, val_fraction=0.2, test_fraction=0.0, seed=0):
         else:
             n_test -= 1
     order = np.random.RandomState(seed).permutation(n)
-    out = {}
+    split_of_key = {}
     for rank, i in enumerate(order.tolist()):
-        out[stems[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-    return out
+        split_of_key[keys[i]] = (
+            "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+        )
+    return {s: split_of_key[groups.get(s, s)] for s in stems}
+
+
+def _content_groups(entries):
+    """stem -> stem of the first image with the same bytes (duplicates must share a split)."""
+    first, groups = {}, {}
+    for stem, path, _ in entries:
+        with open(path, "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()
+        groups[stem] = first.setdefault(digest, stem)
+    return groups
 
 
 def _write_image(src, dst):
@@ -171,23 +190,28 @@ def _write_image(src, dst):
         shutil.copyfile(src, dst)
         return size, False
     rgb = read_image_rgb(src)  # applies EXIF rotation as Detectron2 does
-    Image.fromarray(rgb).save(dst, format="JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(rgb).save(dst, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return (rgb.shape[1], rgb.shape[0]), True
 
 
 def _components(binary, min_area):
-    """8-connected components of a bool mask; returns (labels, kept label ids, speck px list)."""
+    """8-connected components of a (H, W) bool mask.
+
+    Returns:
+        labels: (H, W) int32, specks zeroed; kept: {label: (x, y, w, h, area)} of the kept
+        components; specks: pixel counts of the dropped components.
+    """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(
         binary.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = np.flatnonzero(areas >= min_area) + 1
+    kept = {int(k) + 1: tuple(stats[k + 1].tolist()) for k in np.flatnonzero(areas >= min_area)}
     specks = areas[areas < min_area].tolist()
-    if len(keep) < n - 1:  # zero the specks
+    if specks:
         lut = np.zeros(n, np.int32)
-        lut[keep] = keep
+        lut[list(kept)] = list(kept)
         labels = lut[labels]
-    return labels, keep, specks
+    return labels, kept, specks
 
 
 def _convert_one(task):
@@ -197,7 +221,7 @@ def _convert_one(task):
     stats = {"dropped_specks": 0, "dropped_speck_pixels": 0, "overlap_pixels": 0}
     stats.update(dropped_after_overlap=0, empty_masks=0, reencoded_images=int(reencoded))
 
-    labels = {}  # class -> (label map with specks removed, kept component ids)
+    labels = {}  # class -> (label map with specks zeroed, {label: component box})
     for cls, path in sorted(masks.items()):
         mask = read_image_rgb(path, mode="L")
         if mask.shape != (height, width):
@@ -209,55 +233,69 @@ def _convert_one(task):
         if not binary.any():
             stats["empty_masks"] += 1
             continue
-        lab, keep, specks = _components(binary, cfg["min_area"])
+        lab, kept, specks = _components(binary, cfg["min_area"])
         stats["dropped_specks"] += len(specks)
         stats["dropped_speck_pixels"] += int(sum(specks))
-        if len(keep):
-            labels[cls] = (lab, keep)
+        if kept:
+            labels[cls] = (lab, kept)
 
-    claimed = np.zeros((height, width), bool)
-    for cls in cfg["class_priority"]:
-        if cls not in labels:
-            continue
-        lab, keep = labels[cls]
-        fg = lab > 0
-        lost = fg & claimed
-        if lost.any():
-            stats["overlap_pixels"] += int(lost.sum())
-            lab = np.where(lost, 0, lab)
-        claimed |= fg
-        labels[cls] = (lab, keep)
+    remaining = {}  # class -> {label: pixels left}
+    for cls, (lab, kept) in labels.items():
+        remaining[cls] = {k: box[4] for k, box in kept.items()}
+    if len(labels) > 1:  # resolve pixels claimed by several classes
+        claimed = np.zeros((height, width), bool)
+        for cls in cfg["class_priority"]:
+            if cls not in labels:
+                continue
+            lab, kept = labels[cls]
+            fg = lab > 0
+            lost = fg & claimed
+            n_lost = int(np.count_nonzero(lost))
+            if n_lost:
+                stats["overlap_pixels"] += n_lost
+                lab = np.where(lost, 0, lab)
+                left = np.bincount(lab.ravel(), minlength=max(kept) + 1)
+                remaining[cls] = {k: int(left[k]) for k in kept}
+                labels[cls] = (lab, kept)
+            claimed |= fg
 
     id_map = np.zeros((height, width), np.int32)
-    segments, next_id = [], 1
+    segments, boxes, next_id = [], {}, 1
     for cat in CONCRETE_DEFECT_CATEGORIES:
         if cat["name"] not in labels:
             continue
-        lab, keep = labels[cat["name"]]
-        remaining = np.bincount(lab.ravel(), minlength=int(keep.max()) + 1)
-        lut = np.zeros(len(remaining), np.int32)
-        for k in keep.tolist():
-            if remaining[k] < cfg["min_area"]:
+        lab, kept = labels[cat["name"]]
+        lut = np.zeros(max(kept) + 1, np.int32)
+        for k in sorted(kept):
+            if remaining[cat["name"]][k] < cfg["min_area"]:
                 stats["dropped_after_overlap"] += 1
                 continue
             lut[k] = next_id
+            boxes[next_id] = kept[k][:4]
             segments.append({"id": next_id, "category_id": cat["id"], "iscrowd": 0})
+            segments[-1]["area"] = remaining[cat["name"]][k]
             next_id += 1
-        id_map += lut[lab]
+        if len(kept) == 1 and lut.any():  # one component: a masked write beats a gather
+            id_map[lab > 0] = lut.max()
+        elif lut.any():
+            id_map += np.take(lut, lab)
     background = id_map == 0
-    if background.any():
+    n_background = height * width - sum(seg["area"] for seg in segments)
+    if n_background:
         id_map[background] = next_id
         segments.append({"id": next_id, "category_id": BACKGROUND_ID, "iscrowd": 0})
+        segments[-1].update(area=n_background, bbox=mask_bbox(background))
 
-    areas = np.bincount(id_map.ravel(), minlength=next_id + 1)
+    fortran = np.asfortranarray(id_map)
     rles = {}
     for seg in segments:
-        seg_mask = id_map == seg["id"]
-        seg["area"] = int(areas[seg["id"]])
-        seg["bbox"] = mask_bbox(seg_mask)
-        if seg["category_id"] != BACKGROUND_ID:
-            rle = mask_utils.encode(np.asfortranarray(seg_mask.view(np.uint8)))
-            rles[seg["id"]] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        sid = seg["id"]
+        if sid in boxes:  # a thing lies inside its component's box: measure there
+            x, y, w, h = boxes[sid]
+            bx, by, bw, bh = mask_bbox(id_map[y : y + h, x : x + w] == sid)
+            seg["bbox"] = [x + bx, y + by, bw, bh]
+            rle = mask_utils.encode((fortran == sid).view(np.uint8))
+            rles[sid] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
     write_panoptic_png(os.path.join(out, "panoptic_" + split, stem + ".png"), id_map)
     return {
         "stem": stem,
@@ -408,7 +446,8 @@ def convert_concrete_dataset(
     Returns:
         summary dict: images per split, instances per class (and per split), dropped specks
         (components and pixels), overlap pixels, instances dropped after overlap, empty masks,
-        re-encoded images, images without defects, settings, plus ``out_dir`` and ``seconds``.
+        re-encoded images, images without defects, duplicate images (same bytes as an earlier
+        stem), settings, plus ``out_dir`` and ``seconds``.
     Raises:
         RawDatasetError: bad input, naming the file; FileExistsError: ``out_dir`` exists.
     """
@@ -422,7 +461,8 @@ def convert_concrete_dataset(
     entries = scan_raw_dir(raw_dir, suffixes)
     if not entries:
         raise RawDatasetError(f"{os.path.join(raw_dir, 'images')}: no images found")
-    split_of = split_stems([e[0] for e in entries], val_fraction, test_fraction, seed)
+    groups = _content_groups(entries)
+    split_of = split_stems([e[0] for e in entries], val_fraction, test_fraction, seed, groups)
     settings = {
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
@@ -460,6 +500,7 @@ def convert_concrete_dataset(
         for split in sorted(set(split_of.values())):
             _write_split(tmp, split, [r for r in records if r["split"] == split])
         summary = _summarize(records, settings)
+        summary["duplicate_images"] = sum(g != s for s, g in groups.items())
         write_json(os.path.join(tmp, "conversion_summary.json"), summary)
         if validate:
             from .validation import check_panoptic

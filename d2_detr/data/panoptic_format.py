@@ -11,6 +11,8 @@ so sizes measured here are the sizes a Detectron2 data loader sees.
 
 import json
 import os
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -22,7 +24,9 @@ __all__ = [
     "rgb2id",
     "read_image_rgb",
     "image_size",
+    "ids_from_bgr",
     "read_panoptic_png",
+    "encode_panoptic_png",
     "write_panoptic_png",
     "segments_from_id_map",
     "mask_bbox",
@@ -63,43 +67,70 @@ def image_size(path):
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def ids_from_bgr(bgr):
+    """(H, W, 3) uint8 BGR (OpenCV order) -> (H, W) int32 ids; equals ``rgb2id`` on the RGB."""
+    ids = bgr[:, :, 2].astype(np.int32)
+    ids |= bgr[:, :, 1].astype(np.int32) << 8
+    ids |= bgr[:, :, 0].astype(np.int32) << 16
+    return ids
+
+
 def read_panoptic_png(path):
     """Read a panoptic PNG.
 
     Returns:
-        id_map: (H, W) int64 segment ids.
+        id_map: (H, W) int32 segment ids.
         segments: dict id -> {"area": int, "bbox": [x, y, w, h]} for every non-zero id.
     """
     img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{path}: not a readable PNG")
-    id_map = rgb2id(np.ascontiguousarray(img[:, :, ::-1])).astype(np.int64)
+    id_map = ids_from_bgr(img)
     return id_map, segments_from_id_map(id_map)
 
 
-def write_panoptic_png(path, id_map):
-    """Write a (H, W) integer id map as a panoptic PNG (deterministic bytes, fast zlib level)."""
+def _png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_panoptic_png(id_map, level=1):
+    """Encode a (H, W) id map as panoptic PNG bytes (8-bit RGB, ``id = R + 256 G + 256**2 B``).
+
+    A minimal PNG writer (filter type 0 on every row, one zlib stream): about 4x faster than
+    libpng's adaptive filtering on segment maps, and the bytes depend only on the ids.
+    """
     id_map = np.asarray(id_map)
-    if id_map.min() < 0 or id_map.max() >= 256**3:
-        raise ValueError(f"{path}: segment ids must lie in [0, 256**3)")
-    rgb = id2rgb(id_map.astype(np.int64))
-    ok, buf = cv2.imencode(
-        ".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if id_map.ndim != 2:
+        raise ValueError(f"id map must be (H, W), got shape {id_map.shape}")
+    if id_map.size and (id_map.min() < 0 or id_map.max() >= 256**3):
+        raise ValueError("segment ids must lie in [0, 256**3)")
+    h, w = id_map.shape
+    ids = id_map.astype(np.int32, copy=False)
+    rows = np.zeros((h, 3 * w + 1), np.uint8)  # leading 0 per row: PNG filter "None"
+    rgb = rows[:, 1:].reshape(h, w, 3)
+    rgb[:, :, 0] = ids & 255
+    rgb[:, :, 1] = (ids >> 8) & 255
+    rgb[:, :, 2] = ids >> 16
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + _png_chunk(b"IEND", b"")
     )
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
+
+
+def write_panoptic_png(path, id_map):
+    """Write a (H, W) integer id map as a panoptic PNG (see :func:`encode_panoptic_png`)."""
+    data = encode_panoptic_png(id_map)
     with open(path, "wb") as f:
-        f.write(buf.tobytes())
+        f.write(data)
 
 
 def mask_bbox(mask):
     """[x, y, w, h] of the True pixels of a (H, W) bool mask (inclusive pixel extent), or None."""
-    cols = np.flatnonzero(mask.any(axis=0))
-    if cols.size == 0:
-        return None
-    rows = np.flatnonzero(mask.any(axis=1))
-    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])
-    return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    return [x, y, w, h] if w > 0 else None
 
 
 def segments_from_id_map(id_map):
@@ -108,7 +139,13 @@ def segments_from_id_map(id_map):
     Returns:
         dict id -> {"area": int, "bbox": [x, y, w, h]}, ids in increasing order.
     """
-    ids, counts = np.unique(id_map, return_counts=True)
+    flat = id_map.ravel()
+    if flat.size and 0 <= flat.min() and flat.max() < 1 << 20:
+        counts = np.bincount(flat)
+        ids = np.flatnonzero(counts)
+        counts = counts[ids]
+    else:
+        ids, counts = np.unique(flat, return_counts=True)
     out = {}
     for sid, count in zip(ids.tolist(), counts.tolist()):
         if sid == 0:

@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Converter speed on 1008x754 images (the real data's most common size).
+
+Draws a few synthetic 1008x754 images with JPEG masks (like the real data: one defect class per
+image except every 30th, about 10 % without defect), replicates them under distinct stems to
+``--num`` images (byte-identical copies, which the converter keeps in one split), then times ``convert_concrete_dataset`` (including
+its validation pass) with 1 and with all workers, interleaved. Prints a markdown table and
+writes ``output/benchmarks/bench_convert.json``. Target: >= 50 images/s on 2 cores.
+
+    python benchmarks/bench_convert.py [--num 240] [--runs 3]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+import d2_detr  # noqa: F401
+from d2_detr.data.conversion import convert_concrete_dataset
+from d2_detr.data.synthetic import draw_synthetic_sample
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleaved_timing, markdown_table, write_result  # noqa: E402
+
+SIZE = (1008, 754)
+
+
+def make_raw(folder, num, distinct, seed=0):
+    """Raw layout with ``num`` images, ``distinct`` different drawings; returns masks written."""
+    os.makedirs(os.path.join(folder, "images"))
+    os.makedirs(os.path.join(folder, "masks"))
+    n_masks = 0
+    for i in range(num):
+        stem = f"{i:05d}"
+        if i < distinct:
+            rng = np.random.default_rng([seed, i])
+            img, masks = draw_synthetic_sample(rng, SIZE, 0.1)
+            if masks and i % 30:  # like the real data: 97 % of the images hold one class
+                keep = sorted(masks)[int(rng.integers(len(masks)))]
+                masks = {keep: masks[keep]}
+            Image.fromarray(img).save(os.path.join(folder, "images", stem + ".jpg"), quality=92)
+            for cls, m in masks.items():
+                path = os.path.join(folder, "masks", f"{stem}{cls}.jpg")
+                Image.fromarray(m.astype(np.uint8) * 255).save(path, quality=90)
+        else:
+            src = f"{i % distinct:05d}"
+            shutil.copyfile(
+                os.path.join(folder, "images", src + ".jpg"),
+                os.path.join(folder, "images", stem + ".jpg"),
+            )
+            for name in os.listdir(os.path.join(folder, "masks")):
+                if name.startswith(src) and len(name) > len(src) and not name[len(src)].isdigit():
+                    shutil.copyfile(
+                        os.path.join(folder, "masks", name),
+                        os.path.join(folder, "masks", stem + name[len(src) :]),
+                    )
+        n_masks = len(os.listdir(os.path.join(folder, "masks")))
+    return n_masks
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--num", type=int, default=240)
+    p.add_argument("--distinct", type=int, default=24)
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args(argv)
+    cores = os.cpu_count() or 1
+    work = tempfile.mkdtemp(prefix="bench_convert_")
+    try:
+        raw = os.path.join(work, "raw")
+        n_masks = make_raw(raw, args.num, args.distinct)
+        worker_counts = sorted({1, cores})
+        candidates = {
+            f"workers={w}": (
+                lambda w=w: convert_concrete_dataset(
+                    raw, os.path.join(work, f"out{w}"), workers=w, overwrite=True, progress=False
+                )
+            )
+            for w in worker_counts
+        }
+        timing = interleaved_timing(candidates, runs=args.runs, warmup=0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows, results = [], {}
+    for name, t in timing.items():
+        ips = args.num / t["median_s"]
+        results[name] = dict(t, images_per_s=ips)
+        rows.append([name, f"{t['median_s']:.2f}", f"{ips:.1f}", "yes" if ips >= 50 else "no"])
+    print(f"convert_concrete_dataset, {args.num} images {SIZE[0]}x{SIZE[1]}, {n_masks} JPEG masks")
+    print(markdown_table(["run", "median s", "images/s", ">= 50/s"], rows))
+    path = write_result(
+        "bench_convert",
+        {"num_images": args.num, "size": SIZE, "num_masks": n_masks, "results": results},
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
