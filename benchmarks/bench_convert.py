@@ -3,8 +3,9 @@
 
 Draws a few synthetic 1008x754 images with JPEG masks (like the real data: one defect class per
 image except every 30th, about 10 % without defect), replicates them under distinct stems to
-``--num`` images (byte-identical copies, which the converter keeps in one split), then times ``convert_concrete_dataset`` (including
-its validation pass) with 1 and with all workers, interleaved. Prints a markdown table and
+``--num`` images (byte-identical copies, which the converter keeps in one split), then times
+``convert_concrete_dataset`` (including its validation pass) with 1 and with all workers,
+interleaved. Prints a markdown table and
 writes ``output/benchmarks/bench_convert.json``. Target: >= 50 images/s on 2 cores.
 
     python benchmarks/bench_convert.py [--num 240] [--runs 3]
