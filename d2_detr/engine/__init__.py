@@ -1,0 +1,15 @@
+"""Training: DETR's optimizer, atomic checkpoints, the trainer and its evaluators."""
+
+from .checkpoint import AtomicCheckpointer, atomic_write_bytes
+from .optimizer import build_detr_optimizer, detr_param_groups
+from .trainer import DETRTrainer, GuardedTrainer, build_detr_evaluator
+
+__all__ = [
+    "AtomicCheckpointer",
+    "DETRTrainer",
+    "GuardedTrainer",
+    "atomic_write_bytes",
+    "build_detr_evaluator",
+    "build_detr_optimizer",
+    "detr_param_groups",
+]
