@@ -7,6 +7,17 @@ from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json, regi
 
 __all__ = ["panoptic_metadata", "register_panoptic_dataset", "unregister_dataset"]
 
+_SET_BY_REGISTRATION = {
+    "name",
+    "panoptic_root",
+    "image_root",
+    "panoptic_json",
+    "json_file",
+    "evaluator_type",
+    "ignore_label",
+    "label_divisor",
+}
+
 
 def panoptic_metadata(categories):
     """Detectron2 panoptic metadata from COCO-panoptic categories.
@@ -81,8 +92,8 @@ def register_panoptic_dataset(
         instances_json: optional COCO instances json (for ``COCOEvaluator``).
         missing_hint: text telling the user how to create the files.
     """
-    if isinstance(categories, dict):
-        metadata = dict(categories)
+    if isinstance(categories, dict):  # keys set by register_coco_panoptic itself are dropped
+        metadata = {k: v for k, v in categories.items() if k not in _SET_BY_REGISTRATION}
     else:
         metadata = panoptic_metadata(categories)
     unregister_dataset(name)
