@@ -1,0 +1,215 @@
+"""The DETR meta-architecture end to end on tiny CPU models."""
+
+import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances, PolygonMasks
+from detectron2.utils.events import EventStorage
+from model_utils import make_input, tiny_cfg
+
+from d2_detr.modeling import DETR
+
+
+def _build(*opts, seed=0):
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg(*opts))
+
+
+def _train_batch():
+    return [
+        make_input(96, 128, [[10, 10, 60, 50], [70, 20, 120, 90]], [0, 3], seed=1),
+        make_input(80, 112, [[5, 5, 40, 70]], [2], seed=2),
+    ]
+
+
+def test_built_from_config_by_name():
+    model = _build()
+    assert isinstance(model, DETR)
+    assert model.thing_ids == {0, 1, 2}  # MODEL.DETR.THING_CLASSES fallback: no dataset
+    assert isinstance(model.query_embed, torch.nn.Embedding)
+    assert model.class_embed.out_features == 5  # 4 classes + no-object
+
+
+def test_train_losses_finite_and_backward_reaches_every_parameter():
+    model = _build().train()
+    with EventStorage() as storage:
+        losses = model(_train_batch())
+        assert all(k.startswith("loss_") for k in losses)
+        assert {"loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_ce_0"} <= set(
+            losses
+        )
+        assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+        sum(losses.values()).backward()
+        latest = storage.latest()
+    assert {"class_error", "cardinality_error", "dropped_targets"} <= set(latest)
+    assert latest["dropped_targets"][0] == 0
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    # all gradients non-zero, except DETR's first decoder self-attention: its input is zeros
+    zero = [n for n, p in trainable.items() if not p.grad.abs().sum() > 0]
+    assert all(n.startswith("transformer.decoder.layers.0.") for n in zero), zero
+
+
+def test_degenerate_and_empty_targets_are_dropped_and_counted():
+    model = _build().train()
+    bad = make_input(96, 128, [[10, 10, 60, 50], [30, 30, 30, 60], [5, 5, 20, 20]], [0, 1, 2])
+    bad["instances"].gt_masks.tensor[2] = False  # empty mask, valid box
+    empty = make_input(80, 112, [], [], seed=3)
+    with EventStorage() as storage:
+        losses = model([bad, empty])
+        dropped = storage.latest()["dropped_targets"][0]
+    assert dropped == 2
+    assert all(torch.isfinite(v) for v in losses.values())
+    # a batch without any target trains too
+    with EventStorage():
+        losses = model([empty, make_input(64, 64, [], [], seed=4)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.mask_head.out_lay.weight.grad is not None
+
+
+def test_bad_class_ids_raise_a_clear_error():
+    model = _build().train()
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        with EventStorage():
+            model([make_input(64, 64, [[1, 1, 30, 30]], [4])])
+
+
+def test_polygon_masks_equal_bitmasks():
+    batch = _train_batch()
+    poly_batch = []
+    for x in batch:
+        inst = x["instances"]
+        polys = []
+        for x0, y0, x1, y1 in inst.gt_boxes.tensor.tolist():
+            polys.append([[x0, y0, x1, y0, x1, y1, x0, y1]])
+        new = Instances(inst.image_size, gt_boxes=Boxes(inst.gt_boxes.tensor.clone()))
+        new.gt_classes = inst.gt_classes.clone()
+        new.gt_masks = PolygonMasks(polys)
+        poly_batch.append({"image": x["image"], "instances": new})
+    model = _build("MODEL.DETR.DROPOUT", "0.0").train()
+    with EventStorage():
+        bit = model(batch)
+        poly = model(poly_batch)
+    for k in bit:
+        torch.testing.assert_close(bit[k], poly[k], atol=0.05, rtol=0.05)
+
+
+def test_only_matched_masks_computed_same_loss():
+    """Training computes the mask head only for matched queries: same losses as all queries."""
+    model = _build("MODEL.DETR.DROPOUT", "0.0").train()
+    batch = _train_batch()
+    images, mask = model.preprocess_image(batch)
+    outputs, extras = model.detect(images, mask)
+    targets = model.prepare_targets(batch, images)
+    lazy = dict(outputs, mask_predictor=lambda b, q: model.predict_matched_masks(extras, b, q))
+    full = dict(outputs, pred_masks=model.predict_masks(extras))
+    torch.manual_seed(0)
+    lazy_losses, _ = model.criterion(lazy, targets)
+    full_losses, _ = model.criterion(full, targets)
+    for k in ("loss_mask", "loss_dice"):
+        torch.testing.assert_close(lazy_losses[k], full_losses[k], atol=1e-5, rtol=1e-5)
+
+
+def test_freeze_detector_trains_only_the_mask_head():
+    model = _build("MODEL.DETR.FREEZE_DETECTOR", "True").train()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith(("mask_head.", "bbox_attention.")) for n in trainable)
+    with EventStorage():
+        losses = model(_train_batch())
+    assert set(losses) == {"loss_mask", "loss_dice"}
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+def _infer(model, inputs):
+    with torch.no_grad():
+        return model(inputs)
+
+
+def test_outputs_at_original_size():
+    model = _build("MODEL.DETR.TEST.SEMANTIC_ON", "True").eval()
+    x = make_input(96, 128, [], [], with_instances=False)
+    out = _infer(model, [dict(x, height=48, width=70), x])
+    seg, info = out[0]["panoptic_seg"]
+    assert seg.shape == (48, 70) and seg.dtype == torch.int32
+    assert out[0]["sem_seg"].shape == (4, 48, 70)
+    assert out[0]["instances"].image_size == (48, 70)
+    assert out[0]["instances"].pred_masks.shape[1:] == (48, 70)
+    assert out[1]["panoptic_seg"][0].shape == (96, 128)  # no height/width: the input size
+    boxes = out[0]["instances"].pred_boxes.tensor
+    assert (boxes[:, 2] <= 70).all() and (boxes[:, 3] <= 48).all()
+    assert set(out[0]["instances"].pred_classes.tolist()) <= {0, 1, 2}  # things only
+
+
+def test_batch_equals_single_image_inference():
+    """
+    Image b fills the batch's padded canvas: identical results. Image a gets extra padding in
+    the batch; only the CNN's zero-padding border effect differs (as in any padded batch): the
+    mask head runs on each image's own canvas, so nothing else depends on the batch.
+    """
+    model = _build(
+        "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DETR.TEST.SEMANTIC_ON", "True",
+        "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.3", "MODEL.DETR.TEST.OVERLAP_THRESHOLD", "0.0",
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model.class_embed.bias[-1] = -10.0  # no query predicts "no object": many segments
+    a = make_input(96, 128, [], [], seed=5, with_instances=False)
+    b = make_input(70, 150, [], [], seed=6, with_instances=False)
+    batch = _infer(model, [a, b])
+    for x, out, tol in zip([a, b], batch, [0.05, 1e-5]):
+        alone = _infer(model, [x])[0]
+        sem, sem1 = out["sem_seg"], alone["sem_seg"]
+        assert (sem - sem1).abs().mean() <= tol * sem1.abs().mean()
+        inst, inst1 = out["instances"], alone["instances"]
+        assert len(inst) == len(inst1) > 0
+        torch.testing.assert_close(inst.scores, inst1.scores, atol=tol, rtol=0)
+        torch.testing.assert_close(
+            inst.pred_boxes.tensor, inst1.pred_boxes.tensor, atol=200 * tol, rtol=0
+        )
+        assert (inst.pred_masks != inst1.pred_masks).float().mean() <= tol
+    # random-init masks are nearly equal: the panoptic argmax may flip on 1e-7 differences
+    seg, info = batch[1]["panoptic_seg"]
+    seg1, info1 = alone["panoptic_seg"]
+    assert len(info1) > 1 and (seg == seg1).float().mean() > 0.9
+    assert [s["category_id"] for s in info] == [s["category_id"] for s in info1]
+
+
+def test_panoptic_only_output_equals_full_output():
+    opts = ("MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.3")
+    full = _build(*opts, "MODEL.DETR.TEST.SEMANTIC_ON", "True").eval()
+    only = _build(*opts, "MODEL.DETR.TEST.INSTANCE_ON", "False").eval()
+    only.load_state_dict(full.state_dict())
+    x = make_input(96, 128, [], [], seed=7, with_instances=False)
+    out_full, out_only = _infer(full, [x])[0], _infer(only, [x])[0]
+    assert set(out_only) == {"panoptic_seg"}
+    assert torch.equal(out_full["panoptic_seg"][0], out_only["panoptic_seg"][0])
+    assert out_full["panoptic_seg"][1] == out_only["panoptic_seg"][1]
+
+
+def test_detection_only_model():
+    model = _build("MODEL.DETR.MASK_ON", "False", "MODEL.DETR.TEST.PANOPTIC_ON", "False")
+    assert not hasattr(model, "mask_head")
+    with EventStorage():
+        losses = model.train()(_train_batch())
+    assert "loss_mask" not in losses and "loss_bbox" in losses
+    out = _infer(model.eval(), [make_input(64, 80, [], [], with_instances=False)])[0]
+    assert set(out) == {"instances"} and not out["instances"].has("pred_masks")
+
+
+def test_num_classes_checked_against_metadata():
+    name = "_test_detr_model_meta"
+    meta = MetadataCatalog.get(name)
+    if not meta.get("thing_dataset_id_to_contiguous_id"):
+        meta.set(
+            thing_classes=["rebar", "crack"],
+            stuff_classes=["rebar", "crack", "background"],
+            thing_dataset_id_to_contiguous_id={1: 0, 3: 1},
+            stuff_dataset_id_to_contiguous_id={1: 0, 3: 1, 4: 2},
+        )
+    with pytest.raises(ValueError, match="NUM_CLASSES is 4 but dataset '_test_detr_model_meta'"):
+        build_model(tiny_cfg("DATASETS.TEST", f"('{name}',)"))
+    model = build_model(tiny_cfg("DATASETS.TEST", f"('{name}',)", "MODEL.DETR.NUM_CLASSES", "3"))
+    assert model.thing_ids == {0, 1}

@@ -1,0 +1,111 @@
+import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
+import pytest
+import torch
+
+from d2_detr.modeling.postprocess import (
+    instance_inference,
+    panoptic_inference,
+    resize_mask_logits,
+    select_panoptic_queries,
+    semantic_inference,
+)
+
+THINGS = {0, 1}  # classes 2 and 3 are stuff
+
+
+def _hand_made():
+    """10x10 image; see the comments for what each kept query covers."""
+    m = torch.full((6, 10, 10), -10.0)
+    m[0, :5, :5] = 10  # thing 0: top-left 5x5
+    m[1, 5:, :5] = 10  # stuff 2: bottom-left
+    m[2, 5:, 5:] = 10  # stuff 2 again: bottom-right -> merged with query 1
+    m[3, :2, 8:] = 10  # thing 1: 2x2 = 4 px -> too small, dropped
+    m[4, :5, :6] = 5  # thing 1 under query 0: wins 5 of its 30 px -> mostly overlapped, dropped
+    m[5, :5, 6:] = 8  # stuff 3: top-right, 16 of 20 px left after query 3
+    scores = torch.tensor([0.9, 0.95, 0.97, 0.99, 0.9, 0.88])
+    labels = torch.tensor([0, 2, 2, 1, 1, 3])
+    return scores, labels, m
+
+
+def test_panoptic_segments_by_hand():
+    scores, labels, masks = _hand_made()
+    seg, info = panoptic_inference(scores, labels, masks, THINGS, overlap_threshold=0.7, min_area=4)
+    assert seg.dtype == torch.int32 and seg.shape == (10, 10)
+    assert [(s["id"], s["category_id"], s["isthing"], s["area"]) for s in info] == [
+        (1, 0, True, 25),
+        (2, 2, False, 50),
+        (3, 3, False, 16),
+    ]
+    assert info[1]["score"] == pytest.approx(0.97)  # merged stuff: best score of its queries
+    assert (seg[:5, :5] == 1).all() and (seg[5:] == 2).all()
+    assert (seg[:2, 8:] == 0).all() and (seg[:5, 5] == 0).all()  # dropped -> void
+    for s in info:
+        assert (seg == s["id"]).sum().item() == s["area"]
+
+
+def test_thresholds_change_the_result():
+    scores, labels, masks = _hand_made()
+    # min_area 3: the 4-pixel thing survives
+    _, info = panoptic_inference(scores, labels, masks, THINGS, overlap_threshold=0.7, min_area=3)
+    assert [s["category_id"] for s in info] == [0, 2, 1, 3]
+    # overlap 0.85: stuff 3 (16 of 20 px) is now "mostly overlapped"
+    _, info = panoptic_inference(scores, labels, masks, THINGS, overlap_threshold=0.85, min_area=4)
+    assert [s["category_id"] for s in info] == [0, 2]
+    # with all classes things, the two class-2 queries stay separate segments
+    _, info = panoptic_inference(
+        scores, labels, masks, {0, 1, 2, 3}, overlap_threshold=0.7, min_area=4
+    )
+    assert [(s["category_id"], s["area"]) for s in info] == [(0, 25), (2, 25), (2, 25), (3, 16)]
+
+
+def test_no_kept_query_gives_empty_result():
+    seg, info = panoptic_inference(torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                                   torch.zeros(0, 7, 9), THINGS)  # fmt: skip
+    assert info == [] and seg.shape == (7, 9) and (seg == 0).all()
+
+
+def test_query_selection_threshold():
+    logits = torch.tensor(
+        [
+            [5.0, 0.0, 0.0],  # class 0, p ~ 0.987 -> kept
+            [0.0, 0.0, 5.0],  # no-object -> dropped
+            [1.0, 0.0, 0.0],  # class 0 but p ~ 0.58 -> dropped
+            [0.0, 3.0, 0.0],  # class 1, p ~ 0.91 -> kept
+        ]
+    )
+    assert select_panoptic_queries(logits, 0.85).tolist() == [0, 3]
+    assert select_panoptic_queries(logits, 0.5).tolist() == [0, 2, 3]
+
+
+def test_mask_logits_cropped_before_resizing():
+    logits = torch.full((1, 4, 4), -1.0)
+    logits[:, :, :2] = 1.0  # left half of the padded canvas
+    out = resize_mask_logits(logits, padded_size=(16, 16), image_size=(12, 8), output_size=(24, 16))
+    assert out.shape == (1, 24, 16)
+    assert (out > 0).all()  # the image is the left half: all of it positive
+    assert resize_mask_logits(torch.zeros(0, 4, 4), (16, 16), (12, 8), (5, 6)).shape == (0, 5, 6)
+
+
+def test_instances_scaled_and_sorted():
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]])
+    masks = torch.stack([torch.full((100, 200), 1.0), torch.full((100, 200), -1.0)])
+    inst = instance_inference(torch.tensor([0.3, 0.8]), torch.tensor([1, 0]), boxes, masks,
+                              (100, 200))  # fmt: skip
+    assert inst.image_size == (100, 200)
+    assert inst.scores.tolist() == pytest.approx([0.8, 0.3]) and inst.pred_classes.tolist() == [
+        0,
+        1,
+    ]
+    torch.testing.assert_close(
+        inst.pred_boxes.tensor, torch.tensor([[0.0, 0.0, 100.0, 50.0], [50.0, 25.0, 150.0, 75.0]])
+    )
+    assert inst.pred_masks.dtype == torch.bool
+    assert not inst.pred_masks[0].any() and inst.pred_masks[1].all()
+
+
+def test_semantic_scores():
+    prob = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    masks = torch.stack([torch.full((2, 3), 10.0), torch.full((2, 3), -10.0)])
+    sem = semantic_inference(prob, masks)
+    assert sem.shape == (2, 2, 3)
+    torch.testing.assert_close(sem[:, 0, 0], torch.tensor([0.7, 0.2]), atol=1e-3, rtol=0)
