@@ -3,9 +3,9 @@
 Convert an official DETR checkpoint (detection or panoptic) or torchvision ResNet ImageNet weights
 to d2_detr's parameter names, as a .pth file for MODEL.WEIGHTS.
 
-  python tools/convert_detr_checkpoint.py detr-r50-panoptic-00ce5173.pth out.pth \\
+  python tools/convert_detr_checkpoint.py \\
       --config-file configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml \\
-      --dataset coco_2017_val_panoptic
+      --dataset coco_2017_val_panoptic detr-r50-panoptic-00ce5173.pth out.pth [KEY VALUE ...]
 
 --dataset remaps the classifier rows from the official class index (the dataset's category id)
 to the dataset's contiguous ids; --config-file checks every key and shape against the model.
@@ -35,7 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--config-file", help="check the result against this config's model")
     p.add_argument("--dataset", help="registered dataset whose metadata maps the classes")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if any(o.startswith("--") for o in args.opts):
+        p.error("options (--config-file, --dataset) must come before INPUT OUTPUT")
+    return args
 
 
 def main(argv=None):

@@ -1,0 +1,93 @@
+"""Config defaults and the shipped configs."""
+
+import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
+import glob
+import time
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from model_utils import make_input
+from torch.utils.flop_counter import FlopCounterMode
+
+CONFIGS = sorted(glob.glob("configs/**/*.yaml", recursive=True))
+
+
+def _cfg(path=None, *opts):
+    cfg = get_cfg()
+    d2_detr.add_detr_config(cfg)
+    if path:
+        cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def test_defaults_follow_the_detr_recipe():
+    d = _cfg().MODEL.DETR
+    assert (d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS) == (
+        256, 8, 2048, 6, 6,
+    )  # fmt: skip
+    assert (d.COST_CLASS, d.COST_BBOX, d.COST_GIOU) == (1.0, 5.0, 2.0)
+    assert (d.CLASS_WEIGHT, d.L1_WEIGHT, d.GIOU_WEIGHT, d.MASK_WEIGHT, d.DICE_WEIGHT) == (
+        1.0, 5.0, 2.0, 1.0, 1.0,
+    )  # fmt: skip
+    assert d.NO_OBJECT_WEIGHT == 0.1 and d.DROPOUT == 0.1 and d.TEST.OBJECT_MASK_THRESHOLD == 0.85
+    assert d.THING_CLASSES == [] and d.SIZE_DIVISIBILITY == 32
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_merges(path):
+    cfg = _cfg(path)
+    assert cfg.MODEL.META_ARCHITECTURE == "DETR"
+    assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.BASE_LR == 1e-4
+
+
+def test_recipes():
+    coco = _cfg("configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml")
+    assert coco.MODEL.DETR.NUM_CLASSES == 133 and coco.MODEL.DETR.NUM_OBJECT_QUERIES == 100
+    assert coco.MODEL.RESNETS.DEPTH == 50 and coco.MODEL.BACKBONE.FREEZE_AT == 2
+    assert coco.MODEL.RESNETS.NORM == "FrozenBN" and not coco.MODEL.RESNETS.STRIDE_IN_1X1
+    concrete = _cfg("configs/ConcreteDefects/detr_R_50_panoptic.yaml")
+    assert concrete.MODEL.DETR.NUM_CLASSES == 4 and concrete.MODEL.DETR.NUM_OBJECT_QUERIES == 20
+    assert concrete.MODEL.DETR.THING_CLASSES == [0, 1, 2]
+
+
+def test_coco_model_checks_num_classes_against_builtin_metadata():
+    cfg = _cfg("configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml", "MODEL.DEVICE", "cpu")
+    model = build_model(cfg)
+    assert len(model.thing_ids) == 80 and max(model.thing_ids) == 79  # COCO: things first
+    cfg.MODEL.DETR.NUM_CLASSES = 250  # the official checkpoint's size: refused, clearly
+    with pytest.raises(ValueError, match="set MODEL.DETR.NUM_CLASSES to 133"):
+        build_model(cfg)
+
+
+def test_tiny_cpu_config_is_small_and_fast():
+    cfg = _cfg("configs/ConcreteDefects/detr_tiny_cpu.yaml")
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+    assert cfg.MODEL.DETR.NUM_CLASSES == 4 and cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 20
+    assert cfg.DATASETS.TRAIN == ("synthetic_concrete_train_panoptic",)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert sum(p.numel() for p in model.parameters()) < 5e6
+    batch = [
+        make_input(320, 400, [[10, 10, 120, 90], [200, 150, 380, 300]], [0, 3], seed=1),
+        make_input(288, 384, [[50, 40, 100, 260]], [2], seed=2),
+    ]
+    with EventStorage(), FlopCounterMode(display=False) as flops:
+        sum(model(batch).values()).backward()
+    # 16.8 GFLOP forward + backward at batch 2 (about 0.2 s on 2 idle cores)
+    assert flops.get_total_flops() < 20e9
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    with EventStorage():
+        for _ in range(3):
+            start = time.perf_counter()
+            loss = sum(model(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - start)
+    assert torch.isfinite(loss)
+    assert min(times) < 3.0, times  # loose: the machine may be shared
