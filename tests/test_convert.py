@@ -283,6 +283,14 @@ def test_corrupt_image(tmp_path, kind):
     assert os.listdir(tmp_path) == ["raw"]  # nothing half-written next to OUT either
 
 
+def test_corrupt_mask(tmp_path):
+    raw = make_raw(tmp_path / "raw", {"a.jpg": surface()}, {})
+    (tmp_path / "raw" / "masks" / "acrack.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(RawDatasetError, match=r"acrack\.png: not a readable image"):
+        convert(raw, tmp_path / "out")
+    assert os.listdir(tmp_path) == ["raw"]
+
+
 def test_png_and_jpeg_images_become_jpg(tmp_path):
     yy, xx = np.mgrid[0:48, 0:64]
     img = np.stack([xx * 3, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)  # smooth photo-like

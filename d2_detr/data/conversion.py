@@ -183,7 +183,9 @@ def _write_image(src, dst):
         with Image.open(src) as img:
             fmt, mode, size = img.format, img.mode, img.size
             orientation = img.getexif().get(274, 1)
-            img.load()  # full decode: corrupt and truncated files raise here
+            if fmt == "JPEG":  # DCT-scaled decode: still reads the whole stream, 2x faster
+                img.draft(img.mode, (size[0] // 8, size[1] // 8))
+            img.load()  # decode: corrupt and truncated files raise here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise RawDatasetError(f"{src}: corrupt or unreadable image ({e})") from e
     if fmt == "JPEG" and mode in ("RGB", "L") and orientation == 1:
@@ -223,7 +225,10 @@ def _convert_one(task):
 
     labels = {}  # class -> (label map with specks zeroed, {label: component box})
     for cls, path in sorted(masks.items()):
-        mask = read_image_rgb(path, mode="L")
+        try:
+            mask = read_image_rgb(path, mode="L")
+        except ValueError as e:
+            raise RawDatasetError(f"{e} (mask of {image_path})") from e
         if mask.shape != (height, width):
             raise RawDatasetError(
                 f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "

@@ -81,9 +81,11 @@ def _draw_spall(rng, img, mask):
 def _draw_rebar(rng, img, region):
     """Parallel rusty bars clipped to ``region`` (bool (H, W)); returns the bar mask."""
     h, w = region.shape
+    bars = np.zeros((h, w), bool)
     ys, xs = np.nonzero(region)
     if len(xs) == 0:
-        return np.zeros((h, w), bool)
+        return bars
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1  # work in the region's box
     theta = rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.15)
     d = np.array([np.cos(theta), np.sin(theta)])
     normal = np.array([-d[1], d[0]])
@@ -91,18 +93,19 @@ def _draw_rebar(rng, img, region):
     n_bars = int(rng.integers(1, 4))
     spacing = width * rng.uniform(2.5, 4.5)
     cx, cy = xs.mean(), ys.mean()
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     across = (xx - cx) * normal[0] + (yy - cy) * normal[1]
     along = (xx - cx) * d[0] + (yy - cy) * d[1]
     offsets = (np.arange(n_bars) - (n_bars - 1) / 2) * spacing + rng.normal(0, width * 0.3)
-    dist = np.min(np.abs(across[..., None] - offsets), axis=-1)
-    bars = (dist <= width / 2) & region
+    dist = np.min(np.abs(across[..., None] - offsets.astype(np.float32)), axis=-1)
+    box = (dist <= width / 2) & region[y0:y1, x0:x1]
     shade = 0.55 + 0.45 * np.cos(np.clip(dist / (width / 2), 0, 1) * np.pi / 2)
     ribs = 1 + 0.12 * np.sin(2 * np.pi * along / (width * rng.uniform(0.6, 1.0)))
     rust = np.array([rng.uniform(125, 180), rng.uniform(60, 95), rng.uniform(25, 50)], np.float32)
-    noise = _smooth_noise(rng, h, w, 2, 14)
+    noise = _smooth_noise(rng, y1 - y0, x1 - x0, 2, 14)
     value = rust * (shade * ribs)[..., None] + noise[..., None]
-    img[bars] = value[bars]
+    img[y0:y1, x0:x1][box] = value[box]
+    bars[y0:y1, x0:x1] = box
     return bars
 
 
