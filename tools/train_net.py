@@ -32,21 +32,18 @@ def setup(args):
     return cfg
 
 
-def format_pq(results):
-    """One line per dataset with PQ/SQ/RQ (all, things, stuff) from evaluation results."""
+def format_pq(cfg, results):
+    """One line per test dataset with PQ/SQ/RQ (all, things, stuff) from evaluation results."""
+    names = list(cfg.DATASETS.TEST)
+    per_dataset = results if len(names) > 1 else {names[0]: results}
     lines = []
-    for dataset, res in results.items():
-        pan = res.get("panoptic_seg") if isinstance(res, dict) else None
-        if pan is None:  # single dataset: results are not nested by dataset name
-            pan = results.get("panoptic_seg")
-            dataset = "test"
+    for name, res in per_dataset.items():
+        pan = res.get("panoptic_seg")
         if pan:
             lines.append(
-                f"{dataset}: PQ {pan['PQ']:.1f}  SQ {pan['SQ']:.1f}  RQ {pan['RQ']:.1f}  "
+                f"{name}: PQ {pan['PQ']:.1f}  SQ {pan['SQ']:.1f}  RQ {pan['RQ']:.1f}  "
                 f"PQ_th {pan['PQ_th']:.1f}  PQ_st {pan['PQ_st']:.1f}"
             )
-        if dataset == "test":
-            break
     return "\n".join(lines)
 
 
@@ -62,7 +59,7 @@ def main(args):
         results = DETRTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
-            summary = format_pq(results)
+            summary = format_pq(cfg, results)
             if summary:
                 print("Panoptic quality:\n" + summary, flush=True)
         return results

@@ -118,6 +118,23 @@ class DETRTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def train(self):
+        """Train; returns the results of the last evaluation (None if none ran)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    def state_dict(self):
+        # Detectron2 v0.6's DefaultTrainer saves only the iteration and hook states: add the
+        # inner trainer's (the optimizer's AdamW moments) so that --resume continues exactly.
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_detr_optimizer(cfg, model)

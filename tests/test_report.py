@@ -1,0 +1,70 @@
+"""Defect report: rows, per-image counts, CSV and JSON agree with hand-made segments."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from d2_detr.report import DefectReport, defects_from_panoptic
+
+CLASSES = ["rebar", "spall", "crack", "background"]
+
+
+def _image_a():
+    pan = np.zeros((10, 20), dtype=np.int32)
+    pan[:] = 3  # background stuff
+    pan[2:4, 5:15] = 1  # rebar: 2 x 10 = 20 px
+    pan[6:9, 0:3] = 2  # crack: 3 x 3 = 9 px
+    pan[9, 19] = 0  # void
+    infos = [
+        {"id": 1, "category_id": 0, "isthing": True, "score": 0.95},
+        {"id": 2, "category_id": 2, "isthing": True, "score": 0.9},
+        {"id": 3, "category_id": 3, "isthing": False, "score": 0.99},
+    ]
+    return pan, infos
+
+
+def test_rows_have_area_percent_bbox_score():
+    pan, infos = _image_a()
+    rows = defects_from_panoptic("a.jpg", torch.from_numpy(pan), infos, CLASSES)
+    assert [r["class"] for r in rows] == ["rebar", "crack"]  # stuff left out
+    rebar, crack = rows
+    assert rebar["area_px"] == 20 and rebar["area_pct"] == pytest.approx(10.0)
+    assert (rebar["bbox_x0"], rebar["bbox_y0"], rebar["bbox_x1"], rebar["bbox_y1"]) == (5, 2, 15, 4)
+    assert crack["area_px"] == 9 and crack["area_pct"] == pytest.approx(4.5)
+    assert (crack["bbox_x0"], crack["bbox_y0"], crack["bbox_x1"], crack["bbox_y1"]) == (0, 6, 3, 9)
+    assert rebar["score"] == 0.95 and rebar["image"] == "a.jpg"
+    with_stuff = defects_from_panoptic("a.jpg", pan, infos, CLASSES, include_stuff=True)
+    assert with_stuff[-1]["class"] == "background" and with_stuff[-1]["area_px"] == 200 - 29 - 1
+
+
+def test_report_files(tmp_path):
+    report = DefectReport(CLASSES, defect_classes=CLASSES[:3])
+    pan, infos = _image_a()
+    report.add("a.jpg", pan, infos)
+    report.add("b.jpg", np.full((4, 4), 7), [{"id": 7, "category_id": 3, "isthing": False}])
+    paths = report.write(str(tmp_path))
+
+    with open(paths["defects_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["image"], r["class"], r["area_px"]) for r in rows] == [
+        ("a.jpg", "rebar", "20"),
+        ("a.jpg", "crack", "9"),
+    ]
+    with open(paths["images_csv"]) as f:
+        images = list(csv.DictReader(f))
+    assert images[0]["num_rebar"] == "1" and images[0]["num_crack"] == "1"
+    assert images[0]["num_spall"] == "0" and float(images[0]["defect_area_pct"]) == 14.5
+    assert images[1]["num_defects"] == "0" and images[1]["height"] == "4"
+
+    data = json.load(open(paths["json"]))
+    assert data["totals"] == {
+        "images": 2,
+        "images_with_defects": 1,
+        "defects": 2,
+        "counts": {"rebar": 1, "spall": 0, "crack": 1},
+    }
+    assert data["images"][0]["defects"][0]["bbox_x1"] == 15
+    assert not list(tmp_path.glob("*.tmp"))

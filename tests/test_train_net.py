@@ -1,0 +1,254 @@
+"""tools/train_net.py and d2_detr.engine: resume after kill -9, NaN guard, eval-only, atomic
+checkpoints, DETR's optimizer, the two-stage recipe."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import d2_detr  # noqa: F401  (compat first)
+
+# isort: split
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from test_mapper import write_tiny_panoptic_dataset
+from torch import nn
+
+from d2_detr.data.datasets import register_concrete_defects
+from d2_detr.engine import AtomicCheckpointer, DETRTrainer, build_detr_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
+# small images, small model: a few iterations per second on one core
+FAST = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+    "MODEL.DETR.NUM_OBJECT_QUERIES", "8", "MODEL.DETR.HIDDEN_DIM", "64",
+    "MODEL.DETR.DIM_FEEDFORWARD", "64", "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1",
+    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """$DETECTRON2_DATASETS with synthetic_concrete/{train,val}; also registered as tinytest_*."""
+    root = tmp_path_factory.mktemp("d2data")
+    dataset = root / "synthetic_concrete"
+    write_tiny_panoptic_dataset(str(dataset), "train", 8, seed=1)
+    write_tiny_panoptic_dataset(str(dataset), "val", 3, seed=2)
+    register_concrete_defects(str(dataset), name_prefix="tinytest", splits=("train", "val"))
+    return str(root)
+
+
+def make_cfg(output_dir, *opts):
+    cfg = get_cfg()
+    d2_detr.add_detr_config(cfg)
+    cfg.merge_from_file(TINY)
+    cfg.merge_from_list(
+        FAST
+        + [
+            "DATASETS.TRAIN", "('tinytest_train_panoptic',)",
+            "DATASETS.TEST", "('tinytest_val_panoptic',)",
+            "OUTPUT_DIR", str(output_dir), "TEST.EVAL_PERIOD", "0",
+        ]  # fmt: skip
+        + list(opts)
+    )
+    return cfg
+
+
+def train_net(args, data_root, **kwargs):
+    env = dict(os.environ, DETECTRON2_DATASETS=data_root, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", TINY]
+    return subprocess.Popen(cmd + args + FAST, env=env, cwd=ROOT, text=True, **kwargs)
+
+
+def last_checkpoint(out):
+    try:
+        with open(os.path.join(out, "last_checkpoint")) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def test_resume_after_kill9_then_eval_only(data_root, tmp_path):
+    out = str(tmp_path / "run")
+    proc = train_net(
+        ["OUTPUT_DIR", out, "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "2"],
+        data_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            name = last_checkpoint(out)
+            if name and int(name[len("model_") : -len(".pth")]) >= 5:
+                break
+            assert proc.poll() is None, "training stopped before it was killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint of iteration >= 5 within 180 s")
+        time.sleep(0.3)  # land the kill anywhere, possibly inside a checkpoint write
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    name = last_checkpoint(out)
+    done = int(name[len("model_") : -len(".pth")])
+    ckpt = torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == done
+    assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # AdamW moments saved
+    assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == done + 1
+
+    max_iter = done + 4
+    resumed = train_net(
+        ["--resume", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(max_iter),
+         "SOLVER.CHECKPOINT_PERIOD", "1000",
+         "DATASETS.TEST", "('synthetic_concrete_val_panoptic',)"],
+        data_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"Starting training from iteration {done + 1}" in log
+    final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)
+    assert final["iteration"] == max_iter - 1
+    assert last_checkpoint(out) == "model_final.pth"
+
+    evaluated = train_net(
+        ["--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+         "OUTPUT_DIR", str(tmp_path / "eval"), "DATASETS.TEST",
+         "('synthetic_concrete_val_panoptic',)"],
+        data_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log, _ = evaluated.communicate(timeout=300)
+    assert evaluated.returncode == 0, log[-3000:]
+    assert "Panoptic quality:" in log
+    assert "synthetic_concrete_val_panoptic: PQ " in log
+    assert "Evaluation results for bbox" in log and "Evaluation results for segm" in log
+
+
+_CALLS = {"n": 0, "ids": [], "w": []}
+
+
+@META_ARCH_REGISTRY.register()
+class _NaNOnThirdBatch(nn.Module):
+    """Returns finite losses, then NaN in ``loss_bad`` on the third call."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def forward(self, batched_inputs):
+        _CALLS["n"] += 1
+        _CALLS["ids"].append([x["image_id"] for x in batched_inputs])
+        _CALLS["w"].append(self.w.detach().clone())
+        loss = self.w.sum()
+        bad = loss * float("nan") if _CALLS["n"] == 3 else loss * 0.5
+        return {"loss_ok": loss, "loss_bad": bad}
+
+
+def test_non_finite_loss_names_iteration_term_and_images(data_root, tmp_path):
+    cfg = make_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "_NaNOnThirdBatch", "SOLVER.MAX_ITER", "10")
+    trainer = DETRTrainer(cfg)
+    with pytest.raises(FloatingPointError) as err:
+        trainer.train()
+    msg = str(err.value)
+    assert "iteration 2" in msg and "loss_bad=nan" in msg and "loss_ok" not in msg
+    assert str(_CALLS["ids"][2]) in msg
+    # the NaN step never reached the weights
+    assert torch.equal(trainer.model.w.detach(), _CALLS["w"][2])
+    assert not os.path.exists(os.path.join(tmp_path, "model_final.pth"))
+
+
+def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
+    model = nn.Linear(2, 2)
+    ckpt = AtomicCheckpointer(model, str(tmp_path))
+    ckpt.save("model_0000001")
+    good = (tmp_path / "model_0000001.pth").read_bytes()
+
+    def dying_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr("d2_detr.engine.checkpoint.torch.save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_0000002")
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_0000001")  # overwriting an existing file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert (tmp_path / "model_0000001.pth").read_bytes() == good
+    monkeypatch.undo()
+    fresh = nn.Linear(2, 2)
+    AtomicCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    assert torch.equal(fresh.weight, model.weight)
+
+
+def test_optimizer_groups_and_full_model_clipping(data_root, tmp_path):
+    cfg = make_cfg(
+        tmp_path,
+        "SOLVER.BASE_LR", "0.001", "SOLVER.BACKBONE_MULTIPLIER", "0.1",
+        "SOLVER.WEIGHT_DECAY", "0.01", "SOLVER.WEIGHT_DECAY_EMBED", "0.0",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.1",
+    )  # fmt: skip
+    model = build_model(cfg)
+    opt = build_detr_optimizer(cfg, model)
+    assert type(opt).__name__ == "FullModelClippedAdamW"
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert len(groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    for name, g in groups.items():
+        assert g["lr"] == pytest.approx(1e-4 if "backbone" in name else 1e-3), name
+    assert groups["query_embed.weight"]["weight_decay"] == 0.0
+    norm_names = [n for n in groups if ".norm" in n or "norm1" in n or "norm2" in n]
+    assert norm_names and all(groups[n]["weight_decay"] == 0.0 for n in norm_names)
+    assert groups["class_embed.weight"]["weight_decay"] == 0.01
+    assert groups["class_embed.bias"]["weight_decay"] == 0.01
+
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    opt.step()
+    total = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total.item() == pytest.approx(0.1, rel=1e-3)  # clipped as one vector
+
+    frozen = build_model(make_cfg(tmp_path, "MODEL.DETR.FREEZE_DETECTOR", "True"))
+    names = {g["name"] for g in build_detr_optimizer(cfg, frozen).param_groups}
+    assert names and all(n.startswith(("bbox_attention.", "mask_head.")) for n in names)
+
+
+def test_two_stage_recipe(data_root, tmp_path):
+    """Boxes first (no mask head), then the mask head alone with the detector frozen."""
+    stage1 = make_cfg(
+        tmp_path / "boxes", "MODEL.DETR.MASK_ON", "False", "MODEL.DETR.TEST.PANOPTIC_ON", "False",
+        "SOLVER.MAX_ITER", "3",
+    )  # fmt: skip
+    trainer = DETRTrainer(stage1)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    assert "bbox" in results and "segm" not in results and "panoptic_seg" not in results
+    boxes = torch.load(
+        tmp_path / "boxes" / "model_final.pth", map_location="cpu", weights_only=True
+    )["model"]
+    assert not any(k.startswith("mask_head.") for k in boxes)
+
+    stage2 = make_cfg(
+        tmp_path / "masks", "MODEL.DETR.FREEZE_DETECTOR", "True", "SOLVER.MAX_ITER", "3",
+        "MODEL.WEIGHTS", str(tmp_path / "boxes" / "model_final.pth"),
+    )  # fmt: skip
+    trainer = DETRTrainer(stage2)
+    trainer.resume_or_load(resume=False)
+    mask_head_before = {
+        k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("mask_head.")
+    }
+    results = trainer.train()
+    assert "panoptic_seg" in results and "segm" in results
+    after = trainer.model.state_dict()
+    for k, v in boxes.items():
+        assert torch.equal(after[k], v), f"{k} changed although the detector is frozen"
+    assert any(not torch.equal(after[k], v) for k, v in mask_head_before.items())
