@@ -1,5 +1,6 @@
 """Shared fixtures. Data fixtures (prefix ``data_``) build tiny datasets once per session."""
 
+import importlib.util
 import os
 
 import pytest
@@ -33,3 +34,17 @@ def data_synthetic_root(data_synthetic_raw, tmp_path_factory):
         data_synthetic_raw, out, val_fraction=0.25, test_fraction=0.125, workers=1, progress=False
     )
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def data_cli():
+    """Load a script of ``datasets/`` as a module (its ``main(argv)`` returns the exit status)."""
+
+    def load(name):
+        path = os.path.join(REPO, "datasets", name + ".py")
+        spec = importlib.util.spec_from_file_location(f"_cli_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

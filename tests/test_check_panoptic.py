@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +12,6 @@ import d2_detr  # noqa: F401
 from d2_detr.data.conversion import convert_concrete_dataset
 from d2_detr.data.panoptic_format import read_panoptic_png, write_panoptic_png
 from d2_detr.data.validation import check_panoptic
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -196,10 +192,11 @@ def test_missing_dataset_and_bad_json(tmp_path):
     one_problem_like(check_panoptic(str(tmp_path)), "panoptic_train.json", "unreadable json")
 
 
-def test_cli_exit_status(root):
-    cmd = [sys.executable, os.path.join(REPO, "datasets", "check_panoptic.py"), str(root)]
-    ok = subprocess.run(cmd, capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout == ""
+def test_cli_exit_status(root, data_cli, capsys):
+    main = data_cli("check_panoptic").main
+    assert main([str(root)]) == 0
+    assert capsys.readouterr().out == ""
     edit_json(train_json(root), lambda d: segs(d).append(dict(segs(d)[0], id=77)))
-    bad = subprocess.run(cmd, capture_output=True, text=True)
-    assert bad.returncode == 1 and "segment 77" in bad.stdout and "2 problem(s)" in bad.stderr
+    assert main([str(root), "--workers", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "segment 77" in out and "2 problem(s)" in err

@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from d2_detr.data import conversion
 from d2_detr.data.conversion import RawDatasetError, convert_concrete_dataset, split_stems
 from d2_detr.data.validation import check_panoptic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAT_ID = {"rebar": 1, "spall": 2, "crack": 3}
 EIGHT = np.ones((3, 3), bool)
 
@@ -383,11 +380,14 @@ def test_duplicate_images_share_a_split(tmp_path):
     assert check_panoptic(str(tmp_path / "out")) == []
 
 
-def test_cli_converts_and_refuses_existing_out(tmp_path, data_sample_raw):
-    cmd = [sys.executable, os.path.join(REPO, "datasets", "prepare_concrete_defects.py")]
-    cmd += ["--raw", data_sample_raw, "--out", str(tmp_path / "out"), "--workers", "1"]
-    done = subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["instances"] == {"crack": 1, "rebar": 5, "spall": 1}
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert again.returncode == 2 and "already exists" in again.stderr
+def test_cli_converts_and_refuses_existing_out(tmp_path, data_sample_raw, data_cli, capsys):
+    main = data_cli("prepare_concrete_defects").main
+    argv = ["--raw", data_sample_raw, "--out", str(tmp_path / "out"), "--workers", "1"]
+    assert main(argv + ["--no-progress", "--class-priority", "spall,crack,rebar"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["instances"] == {"crack": 1, "rebar": 5, "spall": 1}
+    assert summary["settings"]["class_priority"] == ["spall", "crack", "rebar"]
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(argv + ["--overwrite", "--class-suffixes", "crack,spall"]) == 2
+    assert "00044rebar.jpg: unknown class suffix" in capsys.readouterr().err
