@@ -91,3 +91,17 @@ def test_tiny_cpu_config_is_small_and_fast():
             times.append(time.perf_counter() - start)
     assert torch.isfinite(loss)
     assert min(times) < 3.0, times  # loose: the machine may be shared
+
+
+def test_dc5_dilates_res5():
+    from d2_detr.modeling import build_detr_backbone
+
+    base = ("configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml",)
+    plain = build_detr_backbone(_cfg(*base)).output_shape()
+    dc5 = build_detr_backbone(_cfg(*base, "MODEL.DETR.DC5", "True")).output_shape()
+    assert plain["res5"].stride == 32 and dc5["res5"].stride == 16
+    assert [dc5[f].channels for f in ("res2", "res3", "res4", "res5")] == [256, 512, 1024, 2048]
+    with pytest.raises(ValueError, match="DC5"):
+        build_detr_backbone(
+            _cfg("configs/ConcreteDefects/detr_tiny_cpu.yaml", "MODEL.DETR.DC5", "True")
+        )
