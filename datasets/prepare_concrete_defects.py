@@ -75,6 +75,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True))
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -240,6 +240,7 @@ def test_image_without_masks_is_all_background(tmp_path):
     s = convert(raw, tmp_path / "out", val_fraction=0)
     pan, ins = load_split(str(tmp_path / "out"), "train")
     assert s["images_without_defects"] == 2 and ins["annotations"] == []
+    assert len(s["warnings"]) == 1 and "'train' holds no defect" in s["warnings"][0]
     for rec in pan["annotations"]:
         assert rec["segments_info"] == [
             {"area": 48 * 64, "bbox": [0, 0, 64, 48], "category_id": 4, "id": 1, "iscrowd": 0}

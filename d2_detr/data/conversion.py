@@ -404,6 +404,12 @@ def _summarize(records, settings):
         for seg in things:
             summary["instances"][id_to_name[seg["category_id"]]] += 1
             summary["instances_per_split"][r["split"]][id_to_name[seg["category_id"]]] += 1
+    summary["warnings"] = [
+        f"split {s!r} holds no defect instance: panoptic evaluation (pq_compute) on it divides "
+        "by zero; use more images or another seed"
+        for s in splits
+        if not any(summary["instances_per_split"][s].values())
+    ]
     return summary
 
 
@@ -452,7 +458,8 @@ def convert_concrete_dataset(
         summary dict: images per split, instances per class (and per split), dropped specks
         (components and pixels), overlap pixels, instances dropped after overlap, empty masks,
         re-encoded images, images without defects, duplicate images (same bytes as an earlier
-        stem), settings, plus ``out_dir`` and ``seconds``.
+        stem), warnings (e.g. a split without any defect), settings, plus ``out_dir`` and
+        ``seconds``.
     Raises:
         RawDatasetError: bad input, naming the file; FileExistsError: ``out_dir`` exists.
     """
@@ -478,7 +485,7 @@ def convert_concrete_dataset(
         "class_suffixes": suffixes,
     }
     cfg = {"threshold": threshold, "min_area": min_area, "class_priority": class_priority}
-    workers = max(1, min(workers or os.cpu_count() or 1, len(entries)))
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(entries)))
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
