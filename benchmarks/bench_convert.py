@@ -10,7 +10,7 @@ independent of other processes sharing the cores) and writes
 ``output/benchmarks/bench_convert.json``. Target: >= 50 images/s on 2 cores, i.e. at most
 about 40 CPU ms per image.
 
-    python benchmarks/bench_convert.py [--num 240] [--runs 3]
+    python -m benchmarks.bench_convert [--num 240] [--runs 3]   (or python benchmarks/...py)
 """
 
 import argparse
@@ -27,8 +27,8 @@ import d2_detr  # noqa: F401
 from d2_detr.data.conversion import convert_concrete_dataset
 from d2_detr.data.synthetic import draw_synthetic_sample
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved_timing, markdown_table, write_result  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import interleaved_timing, markdown_table, write_result  # noqa: E402
 
 SIZE = (1008, 754)
 
