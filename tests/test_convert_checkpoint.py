@@ -124,3 +124,7 @@ def test_cli_writes_a_checkpoint_detectron2_loads(tmp_path, r50_panoptic, capsys
     with pytest.raises(SystemExit, match="query_embed.weight"):
         tool.main(args)
     assert not out.exists()
+    # a detection checkpoint initialises a panoptic model (mask head trained next)
+    torch.save(official_detr_state_dict(num_classes=4, num_queries=20, panoptic=False), src)
+    tool.main(args)
+    assert out.exists()

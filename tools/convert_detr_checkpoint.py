@@ -71,9 +71,10 @@ def main(argv=None):
         cfg.merge_from_list(args.opts)
         cfg.MODEL.DEVICE = "cpu"
         missing, unexpected, shapes = compare_with_model(new, build_model(cfg))
-        backbone_only = all(k.startswith("backbone.") for k in new)
-        if backbone_only:
+        if all(k.startswith("backbone.") for k in new):  # ImageNet weights: backbone only
             missing = [k for k in missing if k.startswith("backbone.")]
+        elif not any(k.startswith("mask_head.") for k in new):  # detection -> panoptic model
+            missing = [k for k in missing if not k.startswith(("mask_head.", "bbox_attention."))]
         if missing or unexpected or shapes:
             sys.exit(
                 f"error: {args.input} does not fit {args.config_file}:\n"
