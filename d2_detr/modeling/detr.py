@@ -160,6 +160,9 @@ class DETR(nn.Module):
         self.min_segment_area = min_segment_area
         if (panoptic_on or semantic_on) and not mask_on:
             raise ValueError("panoptic / semantic outputs need MODEL.DETR.MASK_ON")
+        is_thing_class = torch.zeros(num_classes, dtype=torch.bool)
+        is_thing_class[sorted(self.thing_ids)] = True
+        self.register_buffer("is_thing_class", is_thing_class, False)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if freeze_detector:
@@ -367,8 +370,7 @@ class DETR(nn.Module):
             logits = outputs["pred_logits"][i].float()
             scores, labels, prob = class_scores(logits)
             result = {}
-            is_thing = torch.as_tensor([int(c) in self.thing_ids for c in labels.tolist()])
-            thing_idx = is_thing.nonzero().flatten().to(labels.device)
+            thing_idx = self.is_thing_class[labels].nonzero().flatten()
             if not self.mask_on:
                 if self.instance_on:
                     result["instances"] = instance_inference(
