@@ -1,4 +1,4 @@
-"""Training step speed: forward + backward + AdamW step, ours vs the HF peer, and the matcher's share.
+"""Training step speed: forward + backward + AdamW step, ours vs the HF peer; the matcher share.
 
 Batch 2 at 512x512 (default), R50 panoptic with masks, 4 classes, 20 queries, random weights and
 targets, interleaved runs in ONE process (warm-up excluded).
