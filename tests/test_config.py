@@ -2,7 +2,6 @@
 
 import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
 import glob
-import time
 
 import pytest
 import torch
@@ -63,7 +62,7 @@ def test_coco_model_checks_num_classes_against_builtin_metadata():
         build_model(cfg)
 
 
-def test_tiny_cpu_config_is_small_and_fast():
+def test_tiny_cpu_config_is_small():
     cfg = _cfg("configs/ConcreteDefects/detr_tiny_cpu.yaml")
     assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert cfg.MODEL.DETR.NUM_CLASSES == 4 and cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 20
@@ -79,18 +78,15 @@ def test_tiny_cpu_config_is_small_and_fast():
         sum(model(batch).values()).backward()
     # 16.8 GFLOP forward + backward at batch 2 (about 0.2 s on 2 idle cores)
     assert flops.get_total_flops() < 20e9
+    # speed is measured by benchmarks/, never asserted here: check training steps stay finite
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    times = []
     with EventStorage():
         for _ in range(3):
-            start = time.perf_counter()
             loss = sum(model(batch).values())
             opt.zero_grad()
             loss.backward()
             opt.step()
-            times.append(time.perf_counter() - start)
     assert torch.isfinite(loss)
-    assert min(times) < 3.0, times  # loose: the machine may be shared
 
 
 def test_dc5_dilates_res5():
