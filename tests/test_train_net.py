@@ -19,6 +19,7 @@ from torch import nn
 
 from d2_detr.data.datasets import register_concrete_defects
 from d2_detr.engine import AtomicCheckpointer, DETRTrainer, build_detr_optimizer
+from d2_detr.engine.optimizer import detr_param_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
@@ -201,7 +202,8 @@ def test_optimizer_groups_and_full_model_clipping(data_root, tmp_path):
     model = build_model(cfg)
     opt = build_detr_optimizer(cfg, model)
     assert type(opt).__name__ == "FullModelClippedAdamW"
-    groups = {g["name"]: g for g in opt.param_groups}
+    named = detr_param_groups(model, 0.001, 0.01, 0.1, 0.0, 0.0)
+    groups = {g["name"]: g for g in named}
     assert len(groups) == sum(1 for p in model.parameters() if p.requires_grad)
     for name, g in groups.items():
         assert g["lr"] == pytest.approx(1e-4 if "backbone" in name else 1e-3), name
@@ -210,6 +212,11 @@ def test_optimizer_groups_and_full_model_clipping(data_root, tmp_path):
     assert norm_names and all(groups[n]["weight_decay"] == 0.0 for n in norm_names)
     assert groups["class_embed.weight"]["weight_decay"] == 0.01
     assert groups["class_embed.bias"]["weight_decay"] == 0.01
+    # the optimizer holds the same settings, merged into one group per distinct (lr, decay)
+    settings = {(g["lr"], g["weight_decay"]) for g in named}
+    assert len(opt.param_groups) == len(settings) <= 4
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert by_param == {id(g["params"][0]): (g["lr"], g["weight_decay"]) for g in named}
 
     for p in model.parameters():
         p.grad = torch.full_like(p, 3.0)
@@ -218,8 +225,13 @@ def test_optimizer_groups_and_full_model_clipping(data_root, tmp_path):
     assert total.item() == pytest.approx(0.1, rel=1e-3)  # clipped as one vector
 
     frozen = build_model(make_cfg(tmp_path, "MODEL.DETR.FREEZE_DETECTOR", "True"))
-    names = {g["name"] for g in build_detr_optimizer(cfg, frozen).param_groups}
-    assert names and all(n.startswith(("bbox_attention.", "mask_head.")) for n in names)
+    trained = {id(p) for g in build_detr_optimizer(cfg, frozen).param_groups for p in g["params"]}
+    heads = {
+        id(p)
+        for n, p in frozen.named_parameters()
+        if n.startswith(("bbox_attention.", "mask_head."))
+    }
+    assert trained == heads
 
 
 def test_two_stage_recipe(data_root, tmp_path):
