@@ -66,7 +66,12 @@ def main(args):
 
     trainer = DETRTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    results = trainer.train()
+    if results and comm.is_main_process():
+        summary = format_pq(cfg, results)
+        if summary:
+            print("Panoptic quality:\n" + summary, flush=True)
+    return results
 
 
 if __name__ == "__main__":

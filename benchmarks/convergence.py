@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""
+Convergence of the tiny config on the synthetic concrete set: PQ on its val split against
+minutes of CPU training (evaluation time excluded).
+
+    python benchmarks/convergence.py --minutes 20 --eval-every 2
+
+Writes ``output/benchmarks/convergence.json`` (the curve, the config, the machine) and
+``output/benchmarks/convergence.png``. Goal: PQ >= 70 within 20 CPU-minutes on 2 cores.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import d2_detr  # noqa: F401  (compat before detectron2)
+
+# isort: split
+import matplotlib
+import torch
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+from d2_detr.data.datasets import register_concrete_defects
+from d2_detr.engine import DETRTrainer
+from d2_detr.engine.budget import train_for_time
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.common import OUTPUT_DIR, write_result  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
+
+
+def make_data(folder, num_images, seed):
+    """Synthetic raw set -> converted dataset at ``folder/synthetic_concrete`` (reused if there)."""
+    dataset = os.path.join(folder, "synthetic_concrete")
+    if os.path.isfile(os.path.join(dataset, "annotations", "panoptic_val.json")):
+        return dataset
+    raw = os.path.join(folder, "raw")
+    py = sys.executable
+    subprocess.run(
+        [py, "datasets/make_synthetic_concrete.py", "--out", raw, "--num", str(num_images),
+         "--seed", str(seed), "--overwrite"],
+        cwd=ROOT, check=True,
+    )  # fmt: skip
+    subprocess.run(
+        [py, "datasets/prepare_concrete_defects.py", "--raw", raw, "--out", dataset,
+         "--val-fraction", "0.15", "--overwrite", "--no-progress"],
+        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="training-time budget")
+    parser.add_argument("--eval-every", type=float, default=2.0, help="minutes between evals")
+    parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=os.path.join(ROOT, "output", "convergence_data"))
+    parser.add_argument("--name", default="convergence")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    setup_logger(name="d2_detr")
+
+    dataset = make_data(args.data, args.num_images, args.seed)
+    register_concrete_defects(dataset, name_prefix="convergence_synthetic", splits=("train", "val"))
+    cfg = get_cfg()
+    d2_detr.add_detr_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(
+        [
+            "DATASETS.TRAIN", "('convergence_synthetic_train_panoptic',)",
+            "DATASETS.TEST", "('convergence_synthetic_val_panoptic',)",
+            "OUTPUT_DIR", os.path.join(OUTPUT_DIR, f"{args.name}_run"),
+            "SOLVER.MAX_ITER", "1000000", "SOLVER.STEPS", "(1000000,)",
+            "SOLVER.CHECKPOINT_PERIOD", "1000000", "TEST.EVAL_PERIOD", "0",
+        ]  # fmt: skip
+        + args.opts
+    )
+    trainer = DETRTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    curve = train_for_time(trainer, args.minutes, args.eval_every)
+    for point in curve:
+        point.pop("results")
+    path = write_result(
+        args.name,
+        {
+            "what": "tiny config on the synthetic set: val PQ vs training minutes",
+            "config": os.path.relpath(CONFIG, ROOT),
+            "opts": args.opts,
+            "num_images": args.num_images,
+            "torch_threads": torch.get_num_threads(),
+            "curve": curve,
+        },
+    )
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in ("PQ", "PQ_th", "PQ_st"):
+        ax.plot([p["minutes"] for p in curve], [p[key] for p in curve], marker="o", label=key)
+    ax.axhline(70, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("training minutes (CPU)")
+    ax.set_ylabel("PQ on synthetic val")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    png = os.path.join(OUTPUT_DIR, f"{args.name}.png")
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    print("minutes  iter    PQ   PQ_th  PQ_st")
+    for p in curve:
+        print(
+            f"{p['minutes']:7.2f} {p['iteration']:5d} {p['PQ']:5.1f} {p['PQ_th']:6.1f} "
+            f"{p['PQ_st']:6.1f}"
+        )
+    print(f"wrote {path} and {png}")
+
+
+if __name__ == "__main__":
+    main()
