@@ -1,7 +1,9 @@
 """Training step speed: forward + backward + AdamW step, ours vs the HF peer; the matcher share.
 
 Batch 2 at 512x512 (default), R50 panoptic with masks, 4 classes, 20 queries, random weights and
-targets, interleaved runs in ONE process (warm-up excluded).
+targets, interleaved runs in ONE process (warm-up excluded). Ours steps with the optimizer of
+tools/train_net.py (fused AdamW, full-model clipping); the peer with HF Trainer's defaults
+(fused AdamW, gradient-norm clipping).
 
     python -m benchmarks.bench_train_step [--runs 5] [--size 512]
 """
@@ -14,6 +16,7 @@ from torchvision.ops import box_convert
 
 from benchmarks.common import build_peer, interleaved_timing, markdown_table, write_result
 from benchmarks.models import build_ours, random_targets
+from d2_detr.engine.optimizer import build_detr_optimizer
 
 
 class MatcherClock:
@@ -54,15 +57,17 @@ def main():
     images = [torch.randint(0, 256, (3, s, s), dtype=torch.uint8, generator=gen) for _ in range(2)]
     targets = [random_targets(s, s, args.objects, 4, gen) for _ in range(2)]
 
-    ours, _ = build_ours()
+    ours, cfg = build_ours()
     ours.train()
-    ours_opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-5)
+    ours_opt = build_detr_optimizer(cfg, ours)  # what tools/train_net.py uses
     clock = MatcherClock(ours.criterion.matcher)
     batch = [{"image": im, "instances": t} for im, t in zip(images, targets)]
 
     peer = build_peer(num_labels=4, num_queries=20)
     peer.train()
-    peer_opt = torch.optim.AdamW([p for p in peer.parameters() if p.requires_grad], lr=1e-5)
+    peer_params = [p for p in peer.parameters() if p.requires_grad]
+    # HF Trainer's defaults on torch >= 2.8: fused AdamW, gradient-norm clipping
+    peer_opt = torch.optim.AdamW(peer_params, lr=1e-4, weight_decay=1e-4, fused=True)
     pixel_values = torch.stack(images).float().div(255)
     pixel_mask = torch.ones((2, s, s), dtype=torch.long)
     labels = [peer_labels(t) for t in targets]
@@ -78,6 +83,7 @@ def main():
         out = peer(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
         peer_opt.zero_grad()
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(peer_params, 0.1)
         peer_opt.step()
 
     step_peer(), step_ours()  # warm-up, not timed
