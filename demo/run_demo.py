@@ -46,8 +46,18 @@ def run(cmd, env=None, log=None):
 
 def _interesting(line):
     """Lines of a training/eval log worth showing: progress, the PQ table and the summary."""
-    keys = ("eta:", "|", "Panoptic quality", " PQ ", "Error", "error", "Traceback")
-    return any(k in line for k in keys) and "Per-category" not in line
+    text = line.strip()
+    if text.startswith("|"):
+        return "category" not in text  # result tables, not the per-category ones
+    keys = (
+        "eta:",
+        "Panoptic quality",
+        ": PQ ",
+        "Panoptic Evaluation Results",
+        "Error",
+        "Traceback",
+    )
+    return any(k in text for k in keys)
 
 
 def banner(text):
