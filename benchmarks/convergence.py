@@ -78,7 +78,7 @@ def main(argv=None):
             "DATASETS.TRAIN", "('convergence_synthetic_train_panoptic',)",
             "DATASETS.TEST", "('convergence_synthetic_val_panoptic',)",
             "OUTPUT_DIR", os.path.join(OUTPUT_DIR, f"{args.name}_run"),
-            "SOLVER.MAX_ITER", "1000000", "SOLVER.STEPS", "(1000000,)",
+            "SOLVER.MAX_ITER", "1000000", "SOLVER.STEPS", "(999999,)",
             "SOLVER.CHECKPOINT_PERIOD", "1000000", "TEST.EVAL_PERIOD", "0",
         ]  # fmt: skip
         + args.opts
