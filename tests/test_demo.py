@@ -118,3 +118,24 @@ def test_run_demo_smoke(tmp_path):
         assert (out / path).is_file(), path
     overlays = os.listdir(out / "predictions" / "overlays")
     assert "00044.jpg" in overlays and "01015.jpg" in overlays  # the bundled real photos
+
+
+def test_plot_metrics(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from plot_metrics import plot_metrics, read_metrics
+
+    lines = [
+        {"iteration": 19, "total_loss": 9.0, "loss_ce": 1.0, "loss_ce_0": 1.1, "lr": 1e-4},
+        {"iteration": 39, "total_loss": 5.0, "loss_ce": 0.5, "loss_ce_0": 0.6, "lr": 1e-4},
+        {"iteration": 39, "panoptic_seg/PQ": 12.5, "bbox/AP": 3.0},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + '\n{"iteration": 59, "total_lo'
+    (tmp_path / "metrics.json").write_text(text)  # last line cut by a kill: ignored
+    records = read_metrics(str(tmp_path / "metrics.json"))
+    assert sorted(records) == [19, 39] and records[39]["panoptic_seg/PQ"] == 12.5
+    paths = plot_metrics(str(tmp_path), str(tmp_path / "plots"))
+    assert [os.path.basename(p) for p in paths] == ["losses.png", "eval.png"]
+    for p in paths:
+        assert Image.open(p).size[0] > 300
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        plot_metrics(str(tmp_path / "nothing"))
