@@ -66,7 +66,8 @@ def train_for_time(trainer, minutes, eval_every_minutes, stop_at_pq=None, max_it
                     if stop_at_pq is not None and (point["PQ"] or 0) >= stop_at_pq:
                         break
             else:
-                evaluate()
+                if not curve or curve[-1]["iteration"] != trainer.iter:
+                    evaluate()
         finally:
             trainer.iter -= 1  # the last finished iteration, as Detectron2's loop leaves it
             trainer.after_train()
