@@ -44,6 +44,9 @@ def add_detr_config(cfg):
 
     # Panoptic mask head; FREEZE_DETECTOR trains only the mask head (DETR's two-stage recipe)
     cfg.MODEL.DETR.MASK_ON = True
+    # Multiply the mask head's attention maps by H*W (see MHAttentionMap): needed to learn masks
+    # from scratch; off reproduces official DETR exactly.
+    cfg.MODEL.DETR.MASK_ATTENTION_RESCALE = False
     cfg.MODEL.DETR.FREEZE_DETECTOR = False
 
     # Inference

@@ -120,6 +120,7 @@ class DETR(nn.Module):
         pixel_std,
         thing_ids,
         mask_on=True,
+        mask_attention_rescale=False,
         deep_supervision=True,
         freeze_detector=False,
         size_divisibility=32,
@@ -142,7 +143,7 @@ class DETR(nn.Module):
         self.bbox_embed = MLP(hidden, hidden, 4, 3)
         self.mask_on = mask_on
         if mask_on:
-            self.bbox_attention = MHAttentionMap(hidden, hidden, nheads)
+            self.bbox_attention = MHAttentionMap(hidden, hidden, nheads, mask_attention_rescale)
             fpn_dims = [shapes[f].channels for f in ("res4", "res3", "res2")]
             self.mask_head = MaskHeadSmallConv(hidden + nheads, fpn_dims, hidden)
         self.criterion = criterion
@@ -215,6 +216,7 @@ class DETR(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "thing_ids": thing_ids,
             "mask_on": d.MASK_ON,
+            "mask_attention_rescale": d.MASK_ATTENTION_RESCALE,
             "deep_supervision": d.DEEP_SUPERVISION,
             "freeze_detector": d.FREEZE_DETECTOR,
             "size_divisibility": d.SIZE_DIVISIBILITY,

@@ -17,11 +17,17 @@ class MHAttentionMap(nn.Module):
     """
     Attention weights of each query over the memory, per head. As in DETR, the softmax runs jointly
     over heads and positions of a query, and padded positions get zero weight.
+
+    With ``rescale`` the weights are multiplied by H * W (mean 1 / num_heads instead of
+    1 / (num_heads * H * W)). DETR's maps are ~1e-3 beside O(1) features in the mask head's first
+    conv + GroupNorm: trained from scratch, their gradient is ~1e-5 and every query gets the same
+    mask. No parameter changes, so official checkpoints load either way (official configs: off).
     """
 
-    def __init__(self, query_dim, hidden_dim, num_heads):
+    def __init__(self, query_dim, hidden_dim, num_heads, rescale=False):
         super().__init__()
         self.num_heads = num_heads
+        self.rescale = rescale
         self.q_linear = nn.Linear(query_dim, hidden_dim)
         self.k_linear = nn.Linear(query_dim, hidden_dim)
         self.scale = float(hidden_dim / num_heads) ** -0.5
@@ -44,7 +50,8 @@ class MHAttentionMap(nn.Module):
         weights = torch.einsum("bqnc,bnchw->bqnhw", q * self.scale, k)
         if mask is not None:
             weights = weights.masked_fill(mask[:, None, None], float("-inf"))
-        return weights.flatten(2).softmax(-1).view(b, n, self.num_heads, h, w)
+        weights = weights.flatten(2).softmax(-1).view(b, n, self.num_heads, h, w)
+        return weights * (h * w) if self.rescale else weights
 
 
 class MaskHeadSmallConv(nn.Module):
