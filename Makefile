@@ -56,7 +56,7 @@ bench-install: install
 	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) -e ".[bench]"
 
 benchmarks: bench-install
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) .cache output
