@@ -1,11 +1,23 @@
 """Shared helpers of the model tests: tiny configs, synthetic inputs, official DETR key layout."""
 
 import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
+import os  # noqa: E402
+
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances
 
 TINY = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), TINY)
+# the tiny config made smaller still, for end-to-end tests: 64-128 px images, one layer each side
+SMALL_IMAGES = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+]  # fmt: skip
+SMALL_MODEL = [
+    "MODEL.DETR.HIDDEN_DIM", "64", "MODEL.DETR.DIM_FEEDFORWARD", "64",
+    "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1",
+]  # fmt: skip
 
 
 def tiny_cfg(*opts):

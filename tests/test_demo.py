@@ -14,6 +14,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG
 from PIL import Image
 from test_mapper import write_tiny_panoptic_dataset
 
@@ -25,11 +26,8 @@ from predictor import expand_inputs  # noqa: E402
 
 import demo as demo_cli  # noqa: E402
 
-TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
-SMALL = [
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
-    "MODEL.DETR.HIDDEN_DIM", "64", "MODEL.DETR.DIM_FEEDFORWARD", "64",
-    "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1",
+TINY = TINY_CONFIG
+SMALL = SMALL_IMAGES[4:] + SMALL_MODEL + [
     "DATASETS.TEST", "('demotest_val_panoptic',)", "MODEL.DETR.TEST.OVERLAP_THRESHOLD", "0.0",
 ]  # fmt: skip
 

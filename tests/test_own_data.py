@@ -11,18 +11,14 @@ import d2_detr  # noqa: F401  (compat first)
 # isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG
 
 from d2_detr.data.datasets import register_panoptic_dataset
 from d2_detr.engine import DETRTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
-FAST = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
-    "MODEL.DETR.HIDDEN_DIM", "64", "MODEL.DETR.DIM_FEEDFORWARD", "64",
-    "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1",
-]  # fmt: skip
+TINY = TINY_CONFIG
+FAST = SMALL_IMAGES + SMALL_MODEL
 
 
 def run(args, **kwargs):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG
 from test_mapper import write_tiny_panoptic_dataset
 from torch import nn
 
@@ -22,13 +23,10 @@ from d2_detr.engine import AtomicCheckpointer, DETRTrainer, build_detr_optimizer
 from d2_detr.engine.optimizer import detr_param_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
+TINY = TINY_CONFIG
 # small images, small model: a few iterations per second on one core
-FAST = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
-    "MODEL.DETR.NUM_OBJECT_QUERIES", "8", "MODEL.DETR.HIDDEN_DIM", "64",
-    "MODEL.DETR.DIM_FEEDFORWARD", "64", "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1",
+FAST = SMALL_IMAGES + SMALL_MODEL + [
+    "MODEL.DETR.NUM_OBJECT_QUERIES", "8",
     "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
 ]  # fmt: skip
 
