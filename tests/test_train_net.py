@@ -130,7 +130,9 @@ def test_resume_after_kill9_then_eval_only(data_root, tmp_path):
     assert evaluated.returncode == 0, log[-3000:]
     assert "Panoptic quality:" in log
     assert "synthetic_concrete_val_panoptic: PQ " in log
-    assert "Evaluation results for bbox" in log and "Evaluation results for segm" in log
+    # COCOEvaluator ran both tasks ("Evaluation results for ..." is only logged when the briefly
+    # trained model predicts at least one thing; the copypaste summary is logged either way)
+    assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
 
 
 _CALLS = {"n": 0, "ids": [], "w": []}
