@@ -57,6 +57,23 @@ def series(records, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _line_plot(path, curves, ylabel, title, log_y=False):
+    """One PNG at ``path``: ``curves`` maps label -> (x, y, matplotlib plot kwargs)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, (x, y, style) in curves.items():
+        ax.plot(x, y, label=label, **style)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot_metrics(output_dir, out=None):
     """Write losses.png and (if any evaluation ran) eval.png; returns the written paths."""
     records = read_metrics(os.path.join(output_dir, "metrics.json"))
@@ -71,37 +88,21 @@ def plot_metrics(output_dir, out=None):
             if k.startswith("loss_") and not AUX_LOSS.search(k)
         }
     )
-    if loss_keys or any("total_loss" in r for r in records.values()):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for key in ["total_loss"] + loss_keys:
-            x, y = series(records, key)
-            if x:
-                ax.plot(x, y, label=key, linewidth=2 if key == "total_loss" else 1)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.set_yscale("log")
-        ax.set_title("training losses")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
+    losses = {}
+    for key in ["total_loss"] + loss_keys:
+        x, y = series(records, key)
+        if x:
+            losses[key] = (x, y, {"linewidth": 2 if key == "total_loss" else 1})
+    if losses:
         path = os.path.join(out, "losses.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    eval_series = {k: series(records, k) for k in EVAL_KEYS}
-    eval_series = {k: v for k, v in eval_series.items() if v[0]}
-    if eval_series:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for key, (x, y) in eval_series.items():
-            ax.plot(x, y, marker="o", label=key)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("%")
-        ax.set_title("evaluation")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        path = os.path.join(out, "eval.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_line_plot(path, losses, "loss", "training losses", log_y=True))
+    evals = {}
+    for key in EVAL_KEYS:
+        x, y = series(records, key)
+        if x:
+            evals[key] = (x, y, {"marker": "o"})
+    if evals:
+        written.append(_line_plot(os.path.join(out, "eval.png"), evals, "%", "evaluation"))
     return written
 
 
