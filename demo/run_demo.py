@@ -22,14 +22,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
-# Faster from-scratch training than the config's DETR defaults (lr 1e-4, clip 0.1, mask/dice 1),
-# measured on CPU for a few-minute budget.
-TRAIN_OPTS = [
-    "SOLVER.BASE_LR", "0.0003",
-    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1.0",
-    "MODEL.DETR.MASK_WEIGHT", "5.0",
-    "MODEL.DETR.DICE_WEIGHT", "5.0",
-]  # fmt: skip
 
 
 def run(cmd, env=None, log=None):
@@ -155,8 +147,7 @@ def main(argv=None):
             str(max(args.max_iter // 3, 1)),
             "TEST.EVAL_PERIOD",
             str(max(args.max_iter // 3, 1)),
-        ]
-        + TRAIN_OPTS,
+        ],
         env=env,
         log=os.path.join(out, "train.log"),
     )
