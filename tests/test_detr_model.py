@@ -53,6 +53,16 @@ def test_train_losses_finite_and_backward_reaches_every_parameter():
     assert all(n.startswith("transformer.decoder.layers.0.") for n in zero), zero
 
 
+def test_mask_matching_costs_with_deep_supervision():
+    """Mask costs match the last layer on masks; earlier layers (no masks) on class and box."""
+    model = _build("MODEL.DETR.COST_MASK", "5.0", "MODEL.DETR.COST_DICE", "5.0").train()
+    assert model.criterion.matcher.uses_masks and model.deep_supervision
+    with EventStorage():
+        losses = model(_train_batch())
+    assert {"loss_mask", "loss_dice", "loss_ce_0", "loss_bbox_0"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_degenerate_and_empty_targets_are_dropped_and_counted():
     model = _build().train()
     bad = make_input(96, 128, [[10, 10, 60, 50], [30, 30, 30, 60], [5, 5, 20, 20]], [0, 1, 2])

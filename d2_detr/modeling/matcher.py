@@ -103,7 +103,8 @@ class HungarianMatcher(nn.Module):
         indices = []
         for b, t in enumerate(targets):
             c = cost[b][b]  # (Q, N_b)
-            if self.uses_masks and sizes[b]:
+            # earlier decoder layers carry no masks: they are matched on class and box costs
+            if self.uses_masks and sizes[b] and "pred_masks" in outputs:
                 c = c + self._mask_cost(outputs["pred_masks"][b], t["masks"]).cpu()
             c = torch.nan_to_num(c, nan=1e8, posinf=1e8, neginf=-1e8)
             rows, cols = linear_sum_assignment(c.numpy())
