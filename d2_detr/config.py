@@ -25,6 +25,9 @@ def add_detr_config(cfg):
     cfg.MODEL.DETR.PRE_NORM = False
     # Backbone: dilate res5 (DC5 variant)
     cfg.MODEL.DETR.DC5 = False
+    # Backbone level read by the transformer: "res5" (DETR, stride 32) or "res4" (stride 16,
+    # res5 not built: 4x more tokens for small or thin objects, fewer backbone FLOPs)
+    cfg.MODEL.DETR.IN_FEATURE = "res5"
 
     # Loss: deep supervision over every decoder layer, class weights and matcher costs
     cfg.MODEL.DETR.DEEP_SUPERVISION = True
@@ -41,6 +44,9 @@ def add_detr_config(cfg):
     cfg.MODEL.DETR.COST_MASK = 0.0
     cfg.MODEL.DETR.COST_DICE = 0.0
     cfg.MODEL.DETR.MATCHER_NUM_POINTS = 12544
+    # Dense class supervision of the encoder memory (see modeling/dense_class_loss.py), a
+    # from-scratch training aid; 0 disables it (DETR)
+    cfg.MODEL.DETR.DENSE_CLASS_WEIGHT = 0.0
 
     # Panoptic mask head; FREEZE_DETECTOR trains only the mask head (DETR's two-stage recipe)
     cfg.MODEL.DETR.MASK_ON = True

@@ -155,7 +155,8 @@ def test_outputs_at_original_size():
     assert set(out[0]["instances"].pred_classes.tolist()) <= {0, 1, 2}  # things only
 
 
-def test_batch_equals_single_image_inference():
+@pytest.mark.parametrize("in_feature", ["res5", "res4"])
+def test_batch_equals_single_image_inference(in_feature):
     """
     Image b fills the batch's padded canvas: identical results. Image a gets extra padding in
     the batch; only the CNN's zero-padding border effect differs (as in any padded batch): the
@@ -163,14 +164,18 @@ def test_batch_equals_single_image_inference():
     """
     model = _build(
         "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DETR.TEST.SEMANTIC_ON", "True",
-        "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.3", "MODEL.DETR.TEST.OVERLAP_THRESHOLD", "0.0",
+        "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.2", "MODEL.DETR.TEST.OVERLAP_THRESHOLD", "0.0",
+        "MODEL.DETR.IN_FEATURE", in_feature,
     ).eval()  # fmt: skip
     with torch.no_grad():
         model.class_embed.bias[-1] = -10.0  # no query predicts "no object": many segments
     a = make_input(96, 128, [], [], seed=5, with_instances=False)
     b = make_input(70, 150, [], [], seed=6, with_instances=False)
     batch = _infer(model, [a, b])
-    for x, out, tol in zip([a, b], batch, [0.05, 1e-5]):
+    checks = list(zip([a, b], batch, [0.05, 1e-5]))
+    if in_feature == "res4":  # a's border effect reaches more of res4's finer token grid
+        checks = checks[1:]
+    for x, out, tol in checks:
         alone = _infer(model, [x])[0]
         sem, sem1 = out["sem_seg"], alone["sem_seg"]
         assert (sem - sem1).abs().mean() <= tol * sem1.abs().mean()
@@ -269,3 +274,18 @@ def test_trains_and_predicts_on_mapped_synthetic_data(data_synthetic_root):
         with Image.open(r["file_name"]) as im:
             assert seg.shape == (x["height"], x["width"]) == (im.height, im.width)
         assert all(0 <= s["category_id"] < 4 for s in info)
+
+
+def test_res4_in_feature_gives_a_finer_token_grid():
+    model = _build("MODEL.DETR.IN_FEATURE", "res4")
+    assert set(model.backbone.output_shape()) == {"res2", "res3", "res4"}  # res5 not built
+    assert not any(n.startswith("backbone.res5") for n, _ in model.named_parameters())
+    images, mask = model.preprocess_image([make_input(96, 128, [], [], with_instances=False)])
+    _, extras = model.detect(images, mask)
+    assert extras["memory"].shape[-2:] == (96 // 16, 128 // 16)
+    model.train()
+    with EventStorage():
+        losses = model(_train_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="IN_FEATURE"):
+        _build("MODEL.DETR.IN_FEATURE", "res3")

@@ -1,4 +1,4 @@
-"""Backbone for DETR: Detectron2's ResNet returning res2..res5, plus padding masks per level."""
+"""Backbone for DETR: Detectron2's ResNet returning res2..res5 (or ..res4), plus padding masks."""
 
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
@@ -15,20 +15,25 @@ FEATURES = ("res2", "res3", "res4", "res5")
 
 def build_detr_backbone(cfg):
     """
-    Detectron2 backbone from ``cfg.MODEL.BACKBONE`` (ResNet by default) returning res2..res5:
-    res5 feeds the transformer, res2..res4 the mask head. ``MODEL.DETR.DC5`` dilates res5
+    Detectron2 backbone from ``cfg.MODEL.BACKBONE`` (ResNet by default) returning res2 up to
+    ``MODEL.DETR.IN_FEATURE``: that one (res5, or res4 for a finer token grid with res5 not built)
+    feeds the transformer, res2..res4 the mask head. ``MODEL.DETR.DC5`` dilates res5
     (stride 16), as DETR-DC5. ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.RESNETS.NORM`` (FrozenBN for
     pretrained weights) apply as in Detectron2.
     """
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.RESNETS.OUT_FEATURES = list(FEATURES)
-    if cfg.MODEL.DETR.DC5:
+    in_feature = cfg.MODEL.DETR.IN_FEATURE
+    if in_feature not in ("res4", "res5"):
+        raise ValueError(f"MODEL.DETR.IN_FEATURE must be 'res4' or 'res5', got {in_feature!r}")
+    features = FEATURES[: FEATURES.index(in_feature) + 1]
+    cfg.MODEL.RESNETS.OUT_FEATURES = list(features)
+    if cfg.MODEL.DETR.DC5 and in_feature == "res5":
         if cfg.MODEL.RESNETS.DEPTH in (18, 34):
             raise ValueError("MODEL.DETR.DC5 needs a bottleneck ResNet (depth >= 50)")
         cfg.MODEL.RESNETS.RES5_DILATION = 2
     backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
-    missing = [f for f in FEATURES if f not in backbone.output_shape()]
+    missing = [f for f in features if f not in backbone.output_shape()]
     if missing:
         raise ValueError(f"backbone {cfg.MODEL.BACKBONE.NAME} does not output {missing}")
     return backbone

@@ -18,6 +18,7 @@ from torchvision.ops import box_convert
 
 from .backbone import build_detr_backbone, downsample_mask
 from .criterion import SetCriterion
+from .dense_class_loss import DenseClassLoss
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
@@ -121,6 +122,8 @@ class DETR(nn.Module):
         thing_ids,
         mask_on=True,
         mask_attention_rescale=False,
+        dense_class_weight=0.0,
+        in_feature="res5",
         deep_supervision=True,
         freeze_detector=False,
         size_divisibility=32,
@@ -135,7 +138,8 @@ class DETR(nn.Module):
         hidden, nheads = transformer.d_model, transformer.nhead
         shapes = backbone.output_shape()
         self.backbone = backbone
-        self.input_proj = nn.Conv2d(shapes["res5"].channels, hidden, kernel_size=1)
+        self.in_feature = in_feature
+        self.input_proj = nn.Conv2d(shapes[in_feature].channels, hidden, kernel_size=1)
         self.position_embedding = PositionEmbeddingSine(hidden // 2, normalize=True)
         self.transformer = transformer
         self.query_embed = nn.Embedding(num_queries, hidden)
@@ -147,6 +151,14 @@ class DETR(nn.Module):
             fpn_dims = [shapes[f].channels for f in ("res4", "res3", "res2")]
             self.mask_head = MaskHeadSmallConv(hidden + nheads, fpn_dims, hidden)
         self.criterion = criterion
+        self.dense_class_weight = dense_class_weight
+        if dense_class_weight > 0:
+            if not mask_on or freeze_detector:
+                raise ValueError(
+                    "MODEL.DETR.DENSE_CLASS_WEIGHT needs MASK_ON (targets from masks) and no "
+                    "FREEZE_DETECTOR"
+                )
+            self.dense_class_loss = DenseClassLoss(hidden, num_classes)
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.thing_ids = set(thing_ids)
@@ -217,6 +229,8 @@ class DETR(nn.Module):
             "thing_ids": thing_ids,
             "mask_on": d.MASK_ON,
             "mask_attention_rescale": d.MASK_ATTENTION_RESCALE,
+            "dense_class_weight": d.DENSE_CLASS_WEIGHT,
+            "in_feature": d.IN_FEATURE,
             "deep_supervision": d.DEEP_SUPERVISION,
             "freeze_detector": d.FREEZE_DETECTOR,
             "size_divisibility": d.SIZE_DIVISIBILITY,
@@ -252,15 +266,15 @@ class DETR(nn.Module):
         Returns:
             outputs: dict with "pred_logits" (B, Q, K+1), "pred_boxes" (B, Q, 4) normalised cxcywh
                 and "aux_outputs" (earlier decoder layers) when deep supervision is on.
-            extras: dict with "features", "src" (projected res5), "mask" (res5 padding mask),
+            extras: dict with "features", "src" (projected ``in_feature``), "mask" (its padding),
                 "hs" (last decoder layer, (B, Q, C)), "memory" (B, C, h, w).
         """
         features = self.backbone(images.tensor)
-        res5 = features["res5"]
-        mask5 = downsample_mask(mask, res5.shape[-2:])
-        src = self.input_proj(res5)
-        pos = self.position_embedding(mask5).to(src.dtype)
-        hs, memory = self.transformer(src, mask5, self.query_embed.weight, pos)
+        top = features[self.in_feature]
+        top_mask = downsample_mask(mask, top.shape[-2:])
+        src = self.input_proj(top)
+        pos = self.position_embedding(top_mask).to(src.dtype)
+        hs, memory = self.transformer(src, top_mask, self.query_embed.weight, pos)
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
@@ -268,7 +282,13 @@ class DETR(nn.Module):
             outputs["aux_outputs"] = [
                 {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
             ]
-        extras = {"features": features, "src": src, "mask": mask5, "hs": hs[-1], "memory": memory}
+        extras = {
+            "features": features,
+            "src": src,
+            "mask": top_mask,
+            "hs": hs[-1],
+            "memory": memory,
+        }
         return outputs, extras
 
     def predict_masks(self, extras, query_index=None):
@@ -290,6 +310,9 @@ class DETR(nn.Module):
             outputs["mask_predictor"] = functools.partial(self.predict_matched_masks, extras)
         targets = self.prepare_targets(batched_inputs, images)
         losses, metrics = self.criterion(outputs, targets)
+        if self.dense_class_weight > 0:
+            dense = self.dense_class_loss(extras["memory"], targets)
+            losses["loss_dense_class"] = self.dense_class_weight * dense
         _put_scalars(**metrics)
         return losses
 
@@ -442,9 +465,9 @@ class DETR(nn.Module):
 
         return {
             "features": {k: crop(v, k) for k, v in extras["features"].items()},
-            "src": crop(extras["src"], "res5"),
-            "mask": crop(extras["mask"], "res5"),
-            "memory": crop(extras["memory"], "res5"),
+            "src": crop(extras["src"], self.in_feature),
+            "mask": crop(extras["mask"], self.in_feature),
+            "memory": crop(extras["memory"], self.in_feature),
             "hs": extras["hs"][i : i + 1],
         }
 
