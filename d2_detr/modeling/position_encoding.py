@@ -6,6 +6,28 @@ import torch
 from torch import nn
 
 
+def sine_features(coord, num_feats, temperature=10000):
+    """
+    (...) coordinates -> (..., num_feats): sin of ``coord / temperature^(2i/num_feats)`` on even
+    channels, cos on odd channels (DETR's interleaving).
+    """
+    idx = torch.arange(num_feats, dtype=torch.float32, device=coord.device)
+    dim_t = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / num_feats)
+    pos = coord[..., None] / dim_t
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def sine_embed_points(points, num_pos_feats=128, temperature=10000, scale=2 * math.pi):
+    """
+    (N, 2) (x, y) points in [0, 1] -> (N, 2 * num_pos_feats), on the scale and in the channel
+    order (y first) of a normalised :class:`PositionEmbeddingSine` map, so that a point's encoding
+    is close to that of the map positions near it.
+    """
+    y = sine_features(points[:, 1] * scale, num_pos_feats, temperature)
+    x = sine_features(points[:, 0] * scale, num_pos_feats, temperature)
+    return torch.cat((y, x), dim=-1)
+
+
 class PositionEmbeddingSine(nn.Module):
     """
     Fixed 2D sine/cosine encoding of (y, x) pixel positions.
@@ -36,13 +58,6 @@ class PositionEmbeddingSine(nn.Module):
             eps = 1e-6
             y = y / (y[:, -1:, :] + eps) * self.scale
             x = x / (x[:, :, -1:] + eps) * self.scale
-        idx = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
-        dim_t = self.temperature ** (
-            2 * torch.div(idx, 2, rounding_mode="floor") / self.num_pos_feats
-        )
-        pos_x = x[..., None] / dim_t
-        pos_y = y[..., None] / dim_t
-        # interleave sin (even channels) and cos (odd channels)
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = sine_features(y, self.num_pos_feats, self.temperature)
+        pos_x = sine_features(x, self.num_pos_feats, self.temperature)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
