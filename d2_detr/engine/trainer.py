@@ -16,7 +16,6 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, Trainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import (
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
@@ -26,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.dataset_mappers import DetrPanopticDatasetMapper
 from .checkpoint import AtomicCheckpointer
 from .optimizer import build_detr_optimizer
+from .panoptic_evaluation import DETRPanopticEvaluator
 
 __all__ = ["DETRTrainer", "GuardedTrainer", "build_detr_evaluator"]
 
@@ -63,7 +63,8 @@ class GuardedTrainer(SimpleTrainer):
 def build_detr_evaluator(cfg, dataset_name, output_folder=None):
     """
     Evaluators chosen from the dataset's metadata and the model's outputs:
-    ``COCOPanopticEvaluator`` (panoptic metadata and MODEL.DETR.TEST.PANOPTIC_ON),
+    ``COCOPanopticEvaluator`` (as :class:`DETRPanopticEvaluator`: NaN instead of a crash for a
+    split without things or stuff; with panoptic metadata and MODEL.DETR.TEST.PANOPTIC_ON),
     ``COCOEvaluator`` bbox (+ segm with masks) when the metadata has an instances ``json_file``
     and INSTANCE_ON, ``SemSegEvaluator`` when it has a ``sem_seg_root`` and SEMANTIC_ON.
     """
@@ -75,7 +76,7 @@ def build_detr_evaluator(cfg, dataset_name, output_folder=None):
     mask_on = cfg.MODEL.DETR.MASK_ON
     evaluators = []
     if meta.get("panoptic_json") and test.PANOPTIC_ON and mask_on:
-        evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        evaluators.append(DETRPanopticEvaluator(dataset_name, output_folder))
     if meta.get("json_file") and os.path.exists(meta.json_file) and test.INSTANCE_ON:
         tasks = ("bbox", "segm") if mask_on else ("bbox",)
         evaluators.append(
