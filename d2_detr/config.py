@@ -51,6 +51,8 @@ def add_detr_config(cfg):
     # Dense class supervision of the encoder memory (see modeling/dense_class_loss.py), a
     # from-scratch training aid; 0 disables it (DETR)
     cfg.MODEL.DETR.DENSE_CLASS_WEIGHT = 0.0
+    # maps it supervises: "memory" (encoder output) and/or backbone levels ("res2".."res5")
+    cfg.MODEL.DETR.DENSE_CLASS_IN_FEATURES = ["memory"]
 
     # Panoptic mask head; FREEZE_DETECTOR trains only the mask head (DETR's two-stage recipe)
     cfg.MODEL.DETR.MASK_ON = True

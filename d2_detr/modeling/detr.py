@@ -123,6 +123,7 @@ class DETR(nn.Module):
         mask_on=True,
         mask_attention_rescale=False,
         dense_class_weight=0.0,
+        dense_class_in_features=("memory",),
         in_feature="res5",
         query_anchors=False,
         deep_supervision=True,
@@ -167,7 +168,16 @@ class DETR(nn.Module):
                     "MODEL.DETR.DENSE_CLASS_WEIGHT needs MASK_ON (targets from masks) and no "
                     "FREEZE_DETECTOR"
                 )
-            self.dense_class_loss = DenseClassLoss(hidden, num_classes)
+            unknown = set(dense_class_in_features) - set(shapes) - {"memory"}
+            if unknown or not dense_class_in_features:
+                raise ValueError(
+                    f"MODEL.DETR.DENSE_CLASS_IN_FEATURES {list(dense_class_in_features)}: choose "
+                    f"from {['memory'] + sorted(shapes)}"
+                )
+            channels = {
+                k: hidden if k == "memory" else shapes[k].channels for k in dense_class_in_features
+            }
+            self.dense_class_loss = DenseClassLoss(channels, num_classes)
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.thing_ids = set(thing_ids)
@@ -239,6 +249,7 @@ class DETR(nn.Module):
             "mask_on": d.MASK_ON,
             "mask_attention_rescale": d.MASK_ATTENTION_RESCALE,
             "dense_class_weight": d.DENSE_CLASS_WEIGHT,
+            "dense_class_in_features": d.DENSE_CLASS_IN_FEATURES,
             "in_feature": d.IN_FEATURE,
             "query_anchors": d.QUERY_ANCHORS,
             "deep_supervision": d.DEEP_SUPERVISION,
@@ -331,7 +342,8 @@ class DETR(nn.Module):
         targets = self.prepare_targets(batched_inputs, images)
         losses, metrics = self.criterion(outputs, targets)
         if self.dense_class_weight > 0:
-            dense = self.dense_class_loss(extras["memory"], targets)
+            maps = dict(extras["features"], memory=extras["memory"])
+            dense = self.dense_class_loss(maps, targets)
             losses["loss_dense_class"] = self.dense_class_weight * dense
         _put_scalars(**metrics)
         return losses
