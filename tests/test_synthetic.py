@@ -96,3 +96,22 @@ def test_jpeg_masks_convert_like_png_masks(tmp_path):
     for cls in ("spall", "rebar"):
         assert abs(a["instances"][cls] - b["instances"][cls]) <= 1
     assert abs(a["instances"]["crack"] - b["instances"]["crack"]) <= 3
+
+
+def test_each_crack_is_one_instance_inside_the_image():
+    """Cracks end at the border: no fragments cut off by the image edge."""
+    from d2_detr.data.synthetic import CRACK_MARGIN, _draw_crack
+
+    touching = 0
+    for i in range(40):
+        rng = np.random.default_rng([11, i])
+        img = np.full((96, 128, 3), 180.0, np.float32)
+        mask = _draw_crack(rng, img)
+        n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        assert n - 1 == 1, f"crack {i}: {n - 1} pieces"
+        ys, xs = np.nonzero(mask)
+        # the polyline stays CRACK_MARGIN inside; its thickness reaches at most 2 px further
+        assert ys.min() >= 0 and xs.min() >= 0 and ys.max() <= 95 and xs.max() <= 127
+        touching += ys.min() <= CRACK_MARGIN + 2 or xs.min() <= CRACK_MARGIN + 2
+        touching += ys.max() >= 95 - CRACK_MARGIN - 2 or xs.max() >= 127 - CRACK_MARGIN - 2
+    assert touching > 0  # long cracks do reach the border (and end there)

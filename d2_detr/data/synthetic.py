@@ -109,12 +109,22 @@ def _draw_rebar(rng, img, region):
     return bars
 
 
+# cracks end this many pixels inside the image (their polyline is up to 3 px thick)
+CRACK_MARGIN = 2
+
+
 def _crack_path(rng, h, w, canvas, start, angle, length, thickness, depth):
     pts = [np.array(start, np.float64)]
     step = rng.uniform(2.5, 4.5)
+    lo, hi = CRACK_MARGIN, np.array([w - 1 - CRACK_MARGIN, h - 1 - CRACK_MARGIN], np.float64)
     for _ in range(int(length / step)):
         angle += rng.normal(0, 0.3)
-        pts.append(pts[-1] + step * np.array([np.cos(angle), np.sin(angle)]))
+        nxt = pts[-1] + step * np.array([np.cos(angle), np.sin(angle)])
+        # the crack ends at the border: one that left the image and came back would be cut
+        # into fragments (separate instances, some only a few pixels at the edge)
+        if not (lo <= nxt[0] <= hi[0] and lo <= nxt[1] <= hi[1]):
+            break
+        pts.append(nxt)
         if depth < 2 and rng.random() < 0.025:
             branch = angle + rng.choice([-1, 1]) * rng.uniform(0.5, 1.2)
             sub_len = length * rng.uniform(0.2, 0.5)
@@ -127,7 +137,10 @@ def _crack_path(rng, h, w, canvas, start, angle, length, thickness, depth):
 def _draw_crack(rng, img):
     h, w = img.shape[:2]
     canvas = np.zeros((h, w), np.uint8)
-    start = (rng.uniform(0, w), rng.uniform(0, h))
+    start = (
+        rng.uniform(CRACK_MARGIN, w - 1 - CRACK_MARGIN),
+        rng.uniform(CRACK_MARGIN, h - 1 - CRACK_MARGIN),
+    )
     length = rng.uniform(0.4, 1.2) * max(h, w)
     thickness = int(rng.integers(2, 4))
     _crack_path(rng, h, w, canvas, start, rng.uniform(0, 2 * np.pi), length, thickness, 0)
