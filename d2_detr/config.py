@@ -9,10 +9,6 @@ def add_detr_config(cfg):
     # Total number of categories (things + stuff) in the dataset's contiguous id space.
     cfg.MODEL.DETR.NUM_CLASSES = 80
     cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
-    # Queries as learned anchor points (see DETR.__init__): query positions are an MLP of the
-    # sine encoding of a learned (x, y) point, boxes are predicted relative to it. Off: DETR's
-    # free query embeddings (official checkpoints).
-    cfg.MODEL.DETR.QUERY_ANCHORS = False
     # Contiguous ids of the thing classes, used only when no dataset in DATASETS.TEST/TRAIN has
     # metadata (thing_dataset_id_to_contiguous_id); empty means every class is a thing.
     cfg.MODEL.DETR.THING_CLASSES = []

@@ -289,24 +289,3 @@ def test_res4_in_feature_gives_a_finer_token_grid():
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="IN_FEATURE"):
         _build("MODEL.DETR.IN_FEATURE", "res3")
-
-
-def test_query_anchors_place_initial_boxes_at_the_anchor_points():
-    model = _build("MODEL.DETR.QUERY_ANCHORS", "True")
-    assert not hasattr(model, "query_embed") and model.anchor_points.weight.shape == (10, 2)
-    anchors = model.anchor_points.weight.sigmoid()
-    assert ((anchors > 0.04) & (anchors < 0.96)).all()
-    with torch.no_grad():  # a box head that predicts 0: centres exactly at the anchors
-        model.bbox_embed.layers[-1].weight.zero_()
-        model.bbox_embed.layers[-1].bias.zero_()
-    images, mask = model.preprocess_image([make_input(96, 128, [], [], with_instances=False)])
-    outputs, _ = model.detect(images, mask)
-    torch.testing.assert_close(outputs["pred_boxes"][0, :, :2], anchors)
-    pos = model.query_positions()
-    assert pos.shape == (10, model.transformer.d_model)
-    model.train()
-    with EventStorage():
-        losses = model(_train_batch())
-    sum(losses.values()).backward()
-    assert model.anchor_points.weight.grad.abs().sum() > 0
-    assert model.anchor_pos.layers[0].weight.grad.abs().sum() > 0

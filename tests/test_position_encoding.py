@@ -36,15 +36,3 @@ def test_unnormalised_positions_are_pixel_counts():
     pos = pe(torch.zeros(1, 3, 3, dtype=torch.bool))
     # k = 0: frequency 1 -> sin(row + 1) in channel 0
     torch.testing.assert_close(pos[0, 0, :, 0], torch.sin(torch.tensor([1.0, 2.0, 3.0])))
-
-
-def test_sine_points_match_the_map_encoding_at_cell_positions():
-    from d2_detr.modeling.position_encoding import sine_embed_points
-
-    enc = PositionEmbeddingSine(num_pos_feats=16, normalize=True)
-    h, w = 4, 5
-    grid = enc(torch.zeros(1, h, w, dtype=torch.bool))[0]  # (32, h, w)
-    # normalised map positions are (i + 1) / h, (j + 1) / w
-    points = torch.tensor([[(j + 1) / w, (i + 1) / h] for i in range(h) for j in range(w)])
-    emb = sine_embed_points(points, num_pos_feats=16)
-    torch.testing.assert_close(emb, grid.flatten(1).T, atol=1e-5, rtol=0)

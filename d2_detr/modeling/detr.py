@@ -21,7 +21,7 @@ from .criterion import SetCriterion
 from .dense_class_loss import DenseClassLoss
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .matcher import HungarianMatcher
-from .position_encoding import PositionEmbeddingSine, sine_embed_points
+from .position_encoding import PositionEmbeddingSine
 from .postprocess import (
     class_scores,
     instance_inference,
@@ -125,7 +125,6 @@ class DETR(nn.Module):
         dense_class_weight=0.0,
         dense_class_in_features=("memory",),
         in_feature="res5",
-        query_anchors=False,
         deep_supervision=True,
         freeze_detector=False,
         size_divisibility=32,
@@ -144,15 +143,7 @@ class DETR(nn.Module):
         self.input_proj = nn.Conv2d(shapes[in_feature].channels, hidden, kernel_size=1)
         self.position_embedding = PositionEmbeddingSine(hidden // 2, normalize=True)
         self.transformer = transformer
-        self.query_anchors = query_anchors
-        if query_anchors:
-            # learned (x, y) anchors, stored as logits; positions from their sine encoding
-            self.anchor_points = nn.Embedding(num_queries, 2)
-            with torch.no_grad():
-                self.anchor_points.weight.uniform_(0.05, 0.95).logit_()
-            self.anchor_pos = MLP(hidden, hidden, hidden, 2)
-        else:
-            self.query_embed = nn.Embedding(num_queries, hidden)
+        self.query_embed = nn.Embedding(num_queries, hidden)
         self.class_embed = nn.Linear(hidden, num_classes + 1)
         self.bbox_embed = MLP(hidden, hidden, 4, 3)
         self.mask_on = mask_on
@@ -251,7 +242,6 @@ class DETR(nn.Module):
             "dense_class_weight": d.DENSE_CLASS_WEIGHT,
             "dense_class_in_features": d.DENSE_CLASS_IN_FEATURES,
             "in_feature": d.IN_FEATURE,
-            "query_anchors": d.QUERY_ANCHORS,
             "deep_supervision": d.DEEP_SUPERVISION,
             "freeze_detector": d.FREEZE_DETECTOR,
             "size_divisibility": d.SIZE_DIVISIBILITY,
@@ -295,12 +285,9 @@ class DETR(nn.Module):
         top_mask = downsample_mask(mask, top.shape[-2:])
         src = self.input_proj(top)
         pos = self.position_embedding(top_mask).to(src.dtype)
-        hs, memory = self.transformer(src, top_mask, self.query_positions(), pos)
+        hs, memory = self.transformer(src, top_mask, self.query_embed.weight, pos)
         logits = self.class_embed(hs)
-        boxes = self.bbox_embed(hs)
-        if self.query_anchors:  # box centres relative to the anchors, in logit space
-            boxes = torch.cat([boxes[..., :2] + self.anchor_points.weight, boxes[..., 2:]], -1)
-        boxes = boxes.sigmoid()
+        boxes = self.bbox_embed(hs).sigmoid()
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.deep_supervision and self.training:
             outputs["aux_outputs"] = [
@@ -314,13 +301,6 @@ class DETR(nn.Module):
             "memory": memory,
         }
         return outputs, extras
-
-    def query_positions(self):
-        """(N, C) positional embeddings of the queries: learned, or from the anchor points."""
-        if not self.query_anchors:
-            return self.query_embed.weight
-        points = self.anchor_points.weight.sigmoid()
-        return self.anchor_pos(sine_embed_points(points, self.transformer.d_model // 2))
 
     def predict_masks(self, extras, query_index=None):
         """(B, N, H/4, W/4) mask logits of the queries ``query_index`` (default: all)."""

@@ -17,17 +17,6 @@ def sine_features(coord, num_feats, temperature=10000):
     return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
 
 
-def sine_embed_points(points, num_pos_feats=128, temperature=10000, scale=2 * math.pi):
-    """
-    (N, 2) (x, y) points in [0, 1] -> (N, 2 * num_pos_feats), on the scale and in the channel
-    order (y first) of a normalised :class:`PositionEmbeddingSine` map, so that a point's encoding
-    is close to that of the map positions near it.
-    """
-    y = sine_features(points[:, 1] * scale, num_pos_feats, temperature)
-    x = sine_features(points[:, 0] * scale, num_pos_feats, temperature)
-    return torch.cat((y, x), dim=-1)
-
-
 class PositionEmbeddingSine(nn.Module):
     """
     Fixed 2D sine/cosine encoding of (y, x) pixel positions.
