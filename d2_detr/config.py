@@ -9,10 +9,6 @@ def add_detr_config(cfg):
     # Total number of categories (things + stuff) in the dataset's contiguous id space.
     cfg.MODEL.DETR.NUM_CLASSES = 80
     cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
-    # Group DETR training: this many independent groups of NUM_OBJECT_QUERIES queries, each
-    # matched one-to-one to the targets (class + box losses; mask losses on the first group),
-    # no self-attention between groups; inference uses the first group only. 1: plain DETR.
-    cfg.MODEL.DETR.QUERY_GROUPS = 1
     # Contiguous ids of the thing classes, used only when no dataset in DATASETS.TEST/TRAIN has
     # metadata (thing_dataset_id_to_contiguous_id); empty means every class is a thing.
     cfg.MODEL.DETR.THING_CLASSES = []

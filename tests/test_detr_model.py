@@ -289,29 +289,3 @@ def test_res4_in_feature_gives_a_finer_token_grid():
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="IN_FEATURE"):
         _build("MODEL.DETR.IN_FEATURE", "res3")
-
-
-def test_query_groups_are_independent_and_only_the_first_is_used_at_inference():
-    model = _build("MODEL.DETR.QUERY_GROUPS", "3", "MODEL.DETR.DROPOUT", "0.0")  # 10 per group
-    assert model.query_embed.weight.shape[0] == 30
-    images, mask = model.preprocess_image([make_input(96, 128, [], [], with_instances=False)])
-    model.train()
-    torch.manual_seed(0)
-    outputs, _ = model.detect(images, mask)
-    assert outputs["pred_logits"].shape[1] == 30
-    with torch.no_grad():  # another group's queries must not change group 0's outputs
-        model.query_embed.weight[20:] += 1.0
-    changed, _ = model.detect(images, mask)
-    torch.testing.assert_close(changed["pred_logits"][:, :10], outputs["pred_logits"][:, :10])
-    assert not torch.allclose(changed["pred_logits"][:, 20:], outputs["pred_logits"][:, 20:])
-    with EventStorage():
-        losses = model(_train_batch())
-    sum(losses.values()).backward()
-    grad = model.query_embed.weight.grad.abs().sum(1)
-    assert (grad.view(3, 10).sum(1) > 0).all()  # every group is trained
-    model.eval()
-    with torch.no_grad():
-        outputs, extras = model.detect(images, mask)
-    assert outputs["pred_logits"].shape[1] == 10 and extras["hs"].shape[1] == 10
-    with pytest.raises(ValueError, match="QUERY_GROUPS"):
-        _build("MODEL.DETR.QUERY_GROUPS", "0")

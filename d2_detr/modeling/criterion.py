@@ -115,7 +115,7 @@ class SetCriterion(nn.Module):
         return out
 
     # -- driver -------------------------------------------------------------------------------
-    def forward(self, outputs, targets, loss_groups=None):
+    def forward(self, outputs, targets):
         """
         Args:
             outputs: dict of "pred_logits" (B, Q, K+1), "pred_boxes" (B, Q, 4), optionally
@@ -123,7 +123,6 @@ class SetCriterion(nn.Module):
                 "aux_outputs" (list of dicts of the first two).
             targets: list of B dicts with "labels" (N_i,), "boxes" (N_i, 4) normalised cxcywh,
                 "masks" (N_i, H, W) when mask losses are on.
-            loss_groups: the loss groups to compute, default ``self.losses``.
         Returns:
             (losses, metrics): weighted losses, and a dict of float metrics.
         """
@@ -134,10 +133,9 @@ class SetCriterion(nn.Module):
         num_boxes = torch.clamp(num_boxes / comm.get_world_size(), min=1).item()
 
         indices = self.matcher(outputs, targets)
-        loss_groups = self.losses if loss_groups is None else tuple(loss_groups)
-        losses = self._layer_losses(outputs, targets, indices, num_boxes, loss_groups, "")
+        losses = self._layer_losses(outputs, targets, indices, num_boxes, self.losses, "")
         metrics = self.metrics(outputs, targets, indices)
-        aux_groups = tuple(g for g in loss_groups if g != "masks")
+        aux_groups = tuple(g for g in self.losses if g != "masks")
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             if not aux_groups:
                 break

@@ -125,7 +125,6 @@ class DETR(nn.Module):
         dense_class_weight=0.0,
         dense_class_in_features=("memory",),
         in_feature="res5",
-        query_groups=1,
         deep_supervision=True,
         freeze_detector=False,
         size_divisibility=32,
@@ -144,10 +143,7 @@ class DETR(nn.Module):
         self.input_proj = nn.Conv2d(shapes[in_feature].channels, hidden, kernel_size=1)
         self.position_embedding = PositionEmbeddingSine(hidden // 2, normalize=True)
         self.transformer = transformer
-        if query_groups < 1:
-            raise ValueError(f"MODEL.DETR.QUERY_GROUPS must be >= 1, got {query_groups}")
-        self.query_groups = query_groups
-        self.query_embed = nn.Embedding(num_queries * query_groups, hidden)
+        self.query_embed = nn.Embedding(num_queries, hidden)
         self.class_embed = nn.Linear(hidden, num_classes + 1)
         self.bbox_embed = MLP(hidden, hidden, 4, 3)
         self.mask_on = mask_on
@@ -246,7 +242,6 @@ class DETR(nn.Module):
             "dense_class_weight": d.DENSE_CLASS_WEIGHT,
             "dense_class_in_features": d.DENSE_CLASS_IN_FEATURES,
             "in_feature": d.IN_FEATURE,
-            "query_groups": d.QUERY_GROUPS,
             "deep_supervision": d.DEEP_SUPERVISION,
             "freeze_detector": d.FREEZE_DETECTOR,
             "size_divisibility": d.SIZE_DIVISIBILITY,
@@ -290,13 +285,7 @@ class DETR(nn.Module):
         top_mask = downsample_mask(mask, top.shape[-2:])
         src = self.input_proj(top)
         pos = self.position_embedding(top_mask).to(src.dtype)
-        queries, group_mask = self.query_embed.weight, None
-        if self.query_groups > 1 and self.training:
-            group = torch.arange(len(queries), device=queries.device) // self.num_queries
-            group_mask = group[:, None] != group[None, :]  # True: no attention across groups
-        else:
-            queries = queries[: self.num_queries]
-        hs, memory = self.transformer(src, top_mask, queries, pos, group_mask)
+        hs, memory = self.transformer(src, top_mask, self.query_embed.weight, pos)
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
@@ -325,37 +314,19 @@ class DETR(nn.Module):
         outputs, extras = self.detect(images, mask)
         if not self.training:
             return self.inference(batched_inputs, images, outputs, extras)
-        groups = [self._query_group(outputs, g) for g in range(self.query_groups)]
-        main = groups[0]  # the queries used at inference; the only group with mask losses
         if self.mask_on and self.criterion.matcher.uses_masks:
-            main["pred_masks"] = self.predict_masks(extras, torch.arange(self.num_queries))
+            outputs["pred_masks"] = self.predict_masks(extras)
         elif self.mask_on:
             # the mask head is per query: only matched queries' masks are computed for the loss
-            main["mask_predictor"] = functools.partial(self.predict_matched_masks, extras)
+            outputs["mask_predictor"] = functools.partial(self.predict_matched_masks, extras)
         targets = self.prepare_targets(batched_inputs, images)
-        losses, metrics = self.criterion(main, targets)
-        for extra in groups[1:]:
-            extra_losses, _ = self.criterion(extra, targets, ("labels", "boxes"))
-            for k, v in extra_losses.items():
-                losses[k] = losses[k] + v
+        losses, metrics = self.criterion(outputs, targets)
         if self.dense_class_weight > 0:
             maps = dict(extras["features"], memory=extras["memory"])
             dense = self.dense_class_loss(maps, targets)
             losses["loss_dense_class"] = self.dense_class_weight * dense
         _put_scalars(**metrics)
         return losses
-
-    def _query_group(self, outputs, g):
-        """Outputs (incl. aux_outputs) of query group ``g`` alone."""
-        if self.query_groups == 1:
-            return outputs
-        sl = slice(g * self.num_queries, (g + 1) * self.num_queries)
-        out = {k: outputs[k][:, sl] for k in ("pred_logits", "pred_boxes")}
-        if "aux_outputs" in outputs:
-            out["aux_outputs"] = [
-                {k: v[:, sl] for k, v in a.items()} for a in outputs["aux_outputs"]
-            ]
-        return out
 
     # -- training targets -------------------------------------------------------------------
     def prepare_targets(self, batched_inputs, images):

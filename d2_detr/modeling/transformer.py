@@ -55,9 +55,9 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
 
-    def _self(self, x, query_pos, attn_mask):
+    def _self(self, x, query_pos):
         q = k = _with_pos(x, query_pos)
-        return self.self_attn(q, k, x, attn_mask=attn_mask, need_weights=False)[0]
+        return self.self_attn(q, k, x, need_weights=False)[0]
 
     def _cross(self, x, memory, key_padding_mask, pos, query_pos):
         return self.cross_attn(
@@ -71,22 +71,13 @@ class TransformerDecoderLayer(nn.Module):
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
-    def forward(
-        self,
-        tgt,
-        memory,
-        memory_key_padding_mask=None,
-        pos=None,
-        query_pos=None,
-        self_attn_mask=None,
-    ):
-        """``self_attn_mask``: optional (N, N) bool, True where query i may NOT attend to j."""
+    def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
         mask = memory_key_padding_mask
         if self.normalize_before:
-            tgt = tgt + self.dropout(self._self(self.norm1(tgt), query_pos, self_attn_mask))
+            tgt = tgt + self.dropout(self._self(self.norm1(tgt), query_pos))
             tgt = tgt + self.dropout(self._cross(self.norm2(tgt), memory, mask, pos, query_pos))
             return tgt + self.dropout(self._ffn(self.norm3(tgt)))
-        tgt = self.norm1(tgt + self.dropout(self._self(tgt, query_pos, self_attn_mask)))
+        tgt = self.norm1(tgt + self.dropout(self._self(tgt, query_pos)))
         tgt = self.norm2(tgt + self.dropout(self._cross(tgt, memory, mask, pos, query_pos)))
         return self.norm3(tgt + self.dropout(self._ffn(tgt)))
 
@@ -111,18 +102,10 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
         self.norm = norm
 
-    def forward(
-        self,
-        tgt,
-        memory,
-        memory_key_padding_mask=None,
-        pos=None,
-        query_pos=None,
-        self_attn_mask=None,
-    ):
+    def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos, self_attn_mask)
+            tgt = layer(tgt, memory, memory_key_padding_mask, pos=pos, query_pos=query_pos)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 
@@ -160,15 +143,13 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src, mask, query_embed, pos, query_self_attn_mask=None):
+    def forward(self, src, mask, query_embed, pos):
         """
         Args:
             src: (B, C, H, W) projected backbone features.
             mask: (B, H, W) bool, True on padding.
             query_embed: (N, C) learned query positions.
             pos: (B, C, H, W) positional encoding of ``src``.
-            query_self_attn_mask: optional (N, N) bool, True where query i may not attend to j
-                (independent query groups).
         Returns:
             hs: (L, B, N, C) decoder outputs of every layer.
             memory: (B, C, H, W) encoder output.
@@ -180,5 +161,5 @@ class Transformer(nn.Module):
         query_pos = query_embed.unsqueeze(0).expand(b, -1, -1)
         memory = self.encoder(src, key_padding_mask=key_padding_mask, pos=pos)
         tgt = torch.zeros_like(query_pos)
-        hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos, query_self_attn_mask)
+        hs = self.decoder(tgt, memory, key_padding_mask, pos=pos, query_pos=query_pos)
         return hs, memory.transpose(1, 2).reshape(b, c, h, w)
