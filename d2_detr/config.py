@@ -65,6 +65,9 @@ def add_detr_config(cfg):
     cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85
     cfg.MODEL.DETR.TEST.OVERLAP_THRESHOLD = 0.8
     cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA = 4
+    # pixels go to the query with the largest class score * mask probability (MaskFormer)
+    # instead of the largest mask logit (DETR)
+    cfg.MODEL.DETR.TEST.SCORE_WEIGHTED_MASKS = False
 
     # Solver: AdamW, smaller backbone lr, no decay on norms/embeddings, full-model clipping
     cfg.SOLVER.OPTIMIZER = "ADAMW"

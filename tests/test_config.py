@@ -101,7 +101,8 @@ def test_dc5_dilates_res5():
     dc5 = build_detr_backbone(_cfg(*base, "MODEL.DETR.DC5", "True")).output_shape()
     assert plain["res5"].stride == 32 and dc5["res5"].stride == 16
     assert [dc5[f].channels for f in ("res2", "res3", "res4", "res5")] == [256, 512, 1024, 2048]
-    with pytest.raises(ValueError, match="DC5"):
-        build_detr_backbone(
-            _cfg("configs/ConcreteDefects/detr_tiny_cpu.yaml", "MODEL.DETR.DC5", "True")
-        )
+    tiny = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
+    with pytest.raises(ValueError, match="DC5 needs a bottleneck"):
+        build_detr_backbone(_cfg(tiny, "MODEL.DETR.DC5", "True", "MODEL.DETR.IN_FEATURE", "res5"))
+    with pytest.raises(ValueError, match="DC5 dilates res5"):
+        build_detr_backbone(_cfg(*base, "MODEL.DETR.DC5", "True", "MODEL.DETR.IN_FEATURE", "res4"))

@@ -60,8 +60,8 @@ def test_model_adds_the_weighted_loss_and_it_trains_the_encoder():
     enc = model.transformer.encoder.layers[0].linear1.weight.grad
     assert enc is not None and enc.abs().sum() > 0
     assert model.dense_class_loss.classifiers["memory"].weight.grad.abs().sum() > 0
-    # off by default: no head, no loss, same parameters as DETR
-    plain = build_model(tiny_cfg()).train()
+    # off (the default of add_detr_config): no head, no loss, same parameters as DETR
+    plain = build_model(tiny_cfg("MODEL.DETR.DENSE_CLASS_WEIGHT", "0.0")).train()
     assert not hasattr(plain, "dense_class_loss")
     with EventStorage():
         assert "loss_dense_class" not in plain(batch)
@@ -86,6 +86,21 @@ def test_backbone_levels_get_their_own_classifier_and_gradient():
         build_model(tiny_cfg(*bad))
 
 
-def test_needs_masks():
-    with pytest.raises(ValueError, match="DENSE_CLASS_WEIGHT"):
-        build_model(tiny_cfg("MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.MASK_ON", "False"))
+def test_detection_only_stage_uses_masks_for_it_and_freeze_detector_drops_it():
+    torch.manual_seed(0)
+    batch = [make_input(96, 128, [[10, 10, 60, 50]], [1], seed=2)]
+    stage1 = build_model(
+        tiny_cfg(
+            "MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.MASK_ON", "False",
+            "MODEL.DETR.TEST.PANOPTIC_ON", "False",
+        )  # fmt: skip
+    )
+    with EventStorage():
+        losses = stage1.train()(batch)
+    assert "loss_dense_class" in losses and "loss_mask" not in losses
+    stage2 = build_model(
+        tiny_cfg("MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.FREEZE_DETECTOR", "True")
+    )
+    assert stage2.dense_class_weight == 0 and not hasattr(stage2, "dense_class_loss")
+    with EventStorage():
+        assert set(stage2.train()(batch)) == {"loss_mask", "loss_dice"}

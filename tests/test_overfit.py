@@ -17,8 +17,6 @@ from d2_detr.engine.budget import train_for_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
-# Overfitting-specific setting on top of the tiny config: no regularisation.
-OVERFIT_OPTS = ["MODEL.DETR.DROPOUT", "0.0"]
 
 
 def test_overfit_two_real_images(tmp_path):
@@ -41,7 +39,6 @@ def test_overfit_two_real_images(tmp_path):
             "SOLVER.STEPS", "(99999,)", "SOLVER.CHECKPOINT_PERIOD", "100000",
             "TEST.EVAL_PERIOD", "0",
         ]  # fmt: skip
-        + OVERFIT_OPTS
     )
     trainer = DETRTrainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -58,6 +58,20 @@ def test_thresholds_change_the_result():
     assert [(s["category_id"], s["area"]) for s in info] == [(0, 25), (2, 25), (2, 25), (3, 16)]
 
 
+def test_score_weighted_pixels_go_to_the_confident_query():
+    """Two queries claim the same 4x10 strip: the larger logit wins unless weighted by score."""
+    m = torch.full((2, 4, 10), -10.0)
+    m[0] = 3.0  # sigmoid 0.95, class score 0.5  -> 0.48
+    m[1] = 1.0  # sigmoid 0.73, class score 0.95 -> 0.69
+    scores, labels = torch.tensor([0.5, 0.95]), torch.tensor([0, 1])
+    _, info = panoptic_inference(scores, labels, m, THINGS, overlap_threshold=0.5)
+    assert [(s["category_id"], s["area"]) for s in info] == [(0, 40)]
+    _, info = panoptic_inference(
+        scores, labels, m, THINGS, overlap_threshold=0.5, score_weighted=True
+    )
+    assert [(s["category_id"], s["area"]) for s in info] == [(1, 40)]
+
+
 def test_no_kept_query_gives_empty_result():
     seg, info = panoptic_inference(torch.zeros(0), torch.zeros(0, dtype=torch.long),
                                    torch.zeros(0, 7, 9), THINGS)  # fmt: skip

@@ -28,7 +28,11 @@ def build_detr_backbone(cfg):
         raise ValueError(f"MODEL.DETR.IN_FEATURE must be 'res4' or 'res5', got {in_feature!r}")
     features = FEATURES[: FEATURES.index(in_feature) + 1]
     cfg.MODEL.RESNETS.OUT_FEATURES = list(features)
-    if cfg.MODEL.DETR.DC5 and in_feature == "res5":
+    if cfg.MODEL.DETR.DC5 and in_feature != "res5":
+        raise ValueError(
+            "MODEL.DETR.DC5 dilates res5, which MODEL.DETR.IN_FEATURE res4 does not use"
+        )
+    if cfg.MODEL.DETR.DC5:
         if cfg.MODEL.RESNETS.DEPTH in (18, 34):
             raise ValueError("MODEL.DETR.DC5 needs a bottleneck ResNet (depth >= 50)")
         cfg.MODEL.RESNETS.RES5_DILATION = 2

@@ -134,6 +134,7 @@ class DETR(nn.Module):
         object_mask_threshold=0.85,
         overlap_threshold=0.8,
         min_segment_area=4,
+        score_weighted_masks=False,
     ):
         super().__init__()
         hidden, nheads = transformer.d_model, transformer.nhead
@@ -152,13 +153,11 @@ class DETR(nn.Module):
             fpn_dims = [shapes[f].channels for f in ("res4", "res3", "res2")]
             self.mask_head = MaskHeadSmallConv(hidden + nheads, fpn_dims, hidden)
         self.criterion = criterion
+        if dense_class_weight > 0 and freeze_detector:
+            logger.info("FREEZE_DETECTOR trains the mask head only: no dense class loss")
+            dense_class_weight = 0.0
         self.dense_class_weight = dense_class_weight
         if dense_class_weight > 0:
-            if not mask_on or freeze_detector:
-                raise ValueError(
-                    "MODEL.DETR.DENSE_CLASS_WEIGHT needs MASK_ON (targets from masks) and no "
-                    "FREEZE_DETECTOR"
-                )
             unknown = set(dense_class_in_features) - set(shapes) - {"memory"}
             if unknown or not dense_class_in_features:
                 raise ValueError(
@@ -181,6 +180,7 @@ class DETR(nn.Module):
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.min_segment_area = min_segment_area
+        self.score_weighted_masks = score_weighted_masks
         if (panoptic_on or semantic_on) and not mask_on:
             raise ValueError("panoptic / semantic outputs need MODEL.DETR.MASK_ON")
         is_thing_class = torch.zeros(num_classes, dtype=torch.bool)
@@ -251,6 +251,7 @@ class DETR(nn.Module):
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "min_segment_area": d.TEST.MIN_SEGMENT_AREA,
+            "score_weighted_masks": d.TEST.SCORE_WEIGHTED_MASKS,
         }
 
     @property
@@ -357,7 +358,7 @@ class DETR(nn.Module):
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             keep = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             target = {}
-            if self.mask_on:
+            if self.mask_on or self.dense_class_weight > 0:  # (dense targets are from masks)
                 masks = self._bitmasks(inst, h, w)
                 keep &= masks.flatten(1).any(1)
                 padded = masks.new_zeros((len(masks), pad_h, pad_w))
@@ -381,7 +382,10 @@ class DETR(nn.Module):
     @staticmethod
     def _bitmasks(inst, h, w):
         if not inst.has("gt_masks"):
-            raise ValueError("MODEL.DETR.MASK_ON needs 'gt_masks' in the training instances")
+            raise ValueError(
+                "MODEL.DETR.MASK_ON and DENSE_CLASS_WEIGHT > 0 need 'gt_masks' in the training "
+                "instances"
+            )
         gt = inst.gt_masks
         if isinstance(gt, PolygonMasks):
             gt = BitMasks.from_polygon_masks(gt, h, w)
@@ -440,6 +444,7 @@ class DETR(nn.Module):
                     self.thing_ids,
                     self.overlap_threshold,
                     self.min_segment_area,
+                    self.score_weighted_masks,
                 )
             if self.instance_on:
                 result["instances"] = instance_inference(

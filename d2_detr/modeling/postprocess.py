@@ -44,7 +44,7 @@ def select_panoptic_queries(logits, threshold):
 
 
 def panoptic_inference(
-    scores, labels, mask_logits, thing_ids, overlap_threshold=0.8, min_area=4
+    scores, labels, mask_logits, thing_ids, overlap_threshold=0.8, min_area=4, score_weighted=False
 ):  # fmt: skip
     """
     Pixel-wise argmax over the kept queries' masks, then segments.
@@ -56,6 +56,8 @@ def panoptic_inference(
         overlap_threshold: a query is dropped when it wins fewer than this fraction of the pixels
             its own mask covers (prob >= 0.5), i.e. when it is mostly overlapped by others.
         min_area: segments of at most this many pixels are dropped.
+        score_weighted: each pixel goes to the query with the largest score * mask probability
+            (as MaskFormer) instead of the largest mask logit (as DETR).
     Returns:
         panoptic_seg: (H, W) int32 segment ids (0 = void), segments_info: list of dicts with
         id, category_id, isthing, score, area. Queries of the same stuff class form one segment.
@@ -65,7 +67,10 @@ def panoptic_inference(
     if mask_logits.shape[0] == 0:
         return panoptic_seg, []
     n = mask_logits.shape[0]
-    winner = mask_logits.argmax(0)  # (H, W)
+    if score_weighted:
+        winner = (scores[:, None, None] * mask_logits.sigmoid()).argmax(0)  # (H, W)
+    else:
+        winner = mask_logits.argmax(0)
     won = torch.bincount(winner.flatten(), minlength=n)
     own = (mask_logits >= 0).flatten(1).sum(1)  # sigmoid >= 0.5
     ok = (won > 0) & (own > 0) & (won >= overlap_threshold * own.clamp(min=1))
