@@ -76,6 +76,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training-time budget")
     parser.add_argument("--eval-every", type=float, default=2.0, help="minutes between evals")
+    parser.add_argument(
+        "--lr-drop-at", type=float, default=0.8,
+        help="fraction of the budget after which the lr is divided by 10 (DETR's step schedule, "
+        "by time; make demo drops at 80 %% of its iterations); <= 0 or >= 1: no drop",
+    )  # fmt: skip
     parser.add_argument("--num-images", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=os.path.join(ROOT, "output", "convergence_data"))
@@ -110,7 +115,8 @@ def main(argv=None):
     )
     trainer = DETRTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    curve = train_for_time(trainer, args.minutes, args.eval_every)
+    drop = args.lr_drop_at if 0 < args.lr_drop_at < 1 else None
+    curve = train_for_time(trainer, args.minutes, args.eval_every, lr_drop_at=drop)
     trainer.checkpointer.save("model_final")  # for --eval-only / the demo on this model
     for point in curve:
         point.pop("results")
@@ -120,6 +126,7 @@ def main(argv=None):
             "what": f"tiny config: PQ on {test_set} vs training minutes",
             "config": os.path.relpath(CONFIG, ROOT),
             "opts": args.opts,
+            "lr_drop_at": drop,
             "num_images": 2 if args.overfit else args.num_images,
             "torch_threads": torch.get_num_threads(),
             "curve": curve,

@@ -68,7 +68,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--num-images", type=int, default=200, help="synthetic images")
-    parser.add_argument("--max-iter", type=int, default=1200, help="training iterations")
+    parser.add_argument("--max-iter", type=int, default=2000, help="training iterations")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

@@ -19,7 +19,10 @@ def _pq(results):
     return pan
 
 
-def train_for_time(trainer, minutes, eval_every_minutes, stop_at_pq=None, max_iter=None):
+def train_for_time(
+    trainer, minutes, eval_every_minutes, stop_at_pq=None, max_iter=None, lr_drop_at=None,
+    lr_drop_factor=0.1,
+):  # fmt: skip
     """
     Run ``trainer`` (a :class:`DETRTrainer` after ``resume_or_load``) until ``minutes`` of
     training time (evaluation excluded) or ``max_iter`` iterations, evaluating on
@@ -27,12 +30,16 @@ def train_for_time(trainer, minutes, eval_every_minutes, stop_at_pq=None, max_it
 
     Args:
         stop_at_pq: stop early once the panoptic PQ reaches this value.
+        lr_drop_at: fraction of ``minutes`` after which every learning rate is multiplied by
+            ``lr_drop_factor`` (a step schedule by time, as DETR's drop by iteration); None: no
+            drop beyond the trainer's own schedule.
     Returns:
         list of dicts: minutes, iteration, PQ, SQ, RQ, PQ_th, PQ_st (and the full results).
     """
     budget = 60.0 * minutes
     next_eval = 60.0 * eval_every_minutes
     train_time, curve = 0.0, []
+    drop_at = None if lr_drop_at is None else budget * lr_drop_at
     cfg = trainer.cfg
 
     def evaluate():
@@ -60,6 +67,9 @@ def train_for_time(trainer, minutes, eval_every_minutes, stop_at_pq=None, max_it
                 trainer.after_step()
                 train_time += time.perf_counter() - start
                 trainer.iter += 1
+                if drop_at is not None and train_time >= drop_at:
+                    drop_at = None
+                    _scale_learning_rates(trainer, lr_drop_factor)
                 if train_time >= next_eval:
                     next_eval += 60.0 * eval_every_minutes
                     point = evaluate()
@@ -72,3 +82,12 @@ def train_for_time(trainer, minutes, eval_every_minutes, stop_at_pq=None, max_it
             trainer.iter -= 1  # the last finished iteration, as Detectron2's loop leaves it
             trainer.after_train()
     return curve
+
+
+def _scale_learning_rates(trainer, factor):
+    """Multiply the scheduler's base learning rates (it sets every lr from them each step)."""
+    scheduler = trainer.scheduler
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] *= factor
+    logger.info(f"[train_for_time] iteration {trainer.iter}: learning rates x {factor}")
