@@ -55,6 +55,12 @@ def add_detr_config(cfg):
     # Multiply the mask head's attention maps by H*W (see MHAttentionMap): needed to learn masks
     # from scratch; off reproduces official DETR exactly.
     cfg.MODEL.DETR.MASK_ATTENTION_RESCALE = False
+    # "detr": DETR's per-query attention-map + conv head (official checkpoints); "dot_product":
+    # per-pixel embeddings from a small FPN times per-query embeddings (MaskFormer's mask
+    # prediction, see modeling/pixel_decoder.py): every query and decoder layer gets masks cheaply
+    cfg.MODEL.DETR.MASK_HEAD = "detr"
+    # channels of the dot-product head's FPN and embeddings
+    cfg.MODEL.DETR.MASK_DIM = 256
     cfg.MODEL.DETR.FREEZE_DETECTOR = False
 
     # Inference

@@ -155,8 +155,10 @@ def test_outputs_at_original_size():
     assert set(out[0]["instances"].pred_classes.tolist()) <= {0, 1, 2}  # things only
 
 
-@pytest.mark.parametrize("in_feature", ["res5", "res4"])
-def test_batch_equals_single_image_inference(in_feature):
+@pytest.mark.parametrize(
+    "in_feature, mask_head", [("res5", "detr"), ("res4", "detr"), ("res4", "dot_product")]
+)
+def test_batch_equals_single_image_inference(in_feature, mask_head):
     """
     Image b fills the batch's padded canvas: identical results. Image a gets extra padding in
     the batch; only the CNN's zero-padding border effect differs (as in any padded batch): the
@@ -165,7 +167,7 @@ def test_batch_equals_single_image_inference(in_feature):
     model = _build(
         "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DETR.TEST.SEMANTIC_ON", "True",
         "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.2", "MODEL.DETR.TEST.OVERLAP_THRESHOLD", "0.0",
-        "MODEL.DETR.IN_FEATURE", in_feature,
+        "MODEL.DETR.IN_FEATURE", in_feature, "MODEL.DETR.MASK_HEAD", mask_head,
         # raw-logit merging: with random weights, score weighting leaves one segment
         "MODEL.DETR.TEST.SCORE_WEIGHTED_MASKS", "False",
     ).eval()  # fmt: skip

@@ -30,9 +30,10 @@ class SetCriterion(nn.Module):
 
     ``losses`` picks the groups: "labels" (loss_ce, weighted CE with ``eos_coef`` on the no-object
     class), "boxes" (loss_bbox L1, loss_giou; normalised cxcywh), "masks" (loss_mask sigmoid focal,
-    loss_dice; last decoder layer only). Box and mask losses are divided by the number of target
-    boxes of the batch, averaged over processes. Returned losses are already multiplied by
-    ``weight_dict``; auxiliary (earlier decoder layers) losses get the suffix ``_<layer>``.
+    loss_dice; last decoder layer, and earlier layers whose outputs carry "pred_masks"). Box and
+    mask losses are divided by the number of target boxes of the batch, averaged over processes.
+    Returned losses are already multiplied by ``weight_dict``; auxiliary (earlier decoder layers)
+    losses get the suffix ``_<layer>``.
     """
 
     def __init__(self, num_classes, matcher, weight_dict, eos_coef=0.1, losses=("labels", "boxes")):
@@ -135,14 +136,13 @@ class SetCriterion(nn.Module):
         indices = self.matcher(outputs, targets)
         losses = self._layer_losses(outputs, targets, indices, num_boxes, self.losses, "")
         metrics = self.metrics(outputs, targets, indices)
-        aux_groups = tuple(g for g in self.losses if g != "masks")
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            if not aux_groups:
-                break
+            # earlier layers get mask losses only when they carry their own masks
+            groups = tuple(g for g in self.losses if g != "masks" or "pred_masks" in aux)
+            if not groups:
+                continue
             aux_indices = self.matcher(aux, targets)
-            losses.update(
-                self._layer_losses(aux, targets, aux_indices, num_boxes, aux_groups, f"_{i}")
-            )
+            losses.update(self._layer_losses(aux, targets, aux_indices, num_boxes, groups, f"_{i}"))
         return losses, metrics
 
     def _layer_losses(self, outputs, targets, indices, num_boxes, groups, suffix):

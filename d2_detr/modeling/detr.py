@@ -21,6 +21,7 @@ from .criterion import SetCriterion
 from .dense_class_loss import DenseClassLoss
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .matcher import HungarianMatcher
+from .pixel_decoder import PixelDecoder, dot_product_masks
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import (
     class_scores,
@@ -34,7 +35,8 @@ from .transformer import Transformer
 
 logger = logging.getLogger(__name__)
 
-MASK_HEAD_PREFIXES = ("bbox_attention.", "mask_head.")
+MASK_HEAD_PREFIXES = ("bbox_attention.", "mask_head.", "pixel_decoder.", "mask_embed.")
+MASK_HEADS = ("detr", "dot_product")
 
 
 class MLP(nn.Module):
@@ -122,6 +124,8 @@ class DETR(nn.Module):
         thing_ids,
         mask_on=True,
         mask_attention_rescale=False,
+        mask_head="detr",
+        mask_dim=256,
         dense_class_weight=0.0,
         dense_class_in_features=("memory",),
         in_feature="res5",
@@ -148,10 +152,23 @@ class DETR(nn.Module):
         self.class_embed = nn.Linear(hidden, num_classes + 1)
         self.bbox_embed = MLP(hidden, hidden, 4, 3)
         self.mask_on = mask_on
-        if mask_on:
+        if mask_head not in MASK_HEADS:
+            raise ValueError(f"MODEL.DETR.MASK_HEAD {mask_head!r}: choose from {MASK_HEADS}")
+        self.mask_head_type = mask_head
+        if mask_on and mask_head == "detr":
             self.bbox_attention = MHAttentionMap(hidden, hidden, nheads, mask_attention_rescale)
             fpn_dims = [shapes[f].channels for f in ("res4", "res3", "res2")]
             self.mask_head = MaskHeadSmallConv(hidden + nheads, fpn_dims, hidden)
+        elif mask_on:
+            # backbone levels finer than the transformer's input, coarse to fine
+            top_stride = shapes[in_feature].stride
+            self.pixel_levels = sorted(
+                (k for k in shapes if k.startswith("res") and shapes[k].stride < top_stride),
+                key=lambda k: -shapes[k].stride,
+            )
+            lateral_dims = [shapes[k].channels for k in self.pixel_levels]
+            self.pixel_decoder = PixelDecoder(hidden, lateral_dims, mask_dim, mask_dim)
+            self.mask_embed = MLP(hidden, hidden, mask_dim, 3)
         self.criterion = criterion
         if dense_class_weight > 0 and freeze_detector:
             logger.info("FREEZE_DETECTOR trains the mask head only: no dense class loss")
@@ -239,6 +256,8 @@ class DETR(nn.Module):
             "thing_ids": thing_ids,
             "mask_on": d.MASK_ON,
             "mask_attention_rescale": d.MASK_ATTENTION_RESCALE,
+            "mask_head": d.MASK_HEAD,
+            "mask_dim": d.MASK_DIM,
             "dense_class_weight": d.DENSE_CLASS_WEIGHT,
             "dense_class_in_features": d.DENSE_CLASS_IN_FEATURES,
             "in_feature": d.IN_FEATURE,
@@ -299,13 +318,21 @@ class DETR(nn.Module):
             "src": src,
             "mask": top_mask,
             "hs": hs[-1],
+            "hs_layers": hs,
             "memory": memory,
         }
         return outputs, extras
 
-    def predict_masks(self, extras, query_index=None):
-        """(B, N, H/4, W/4) mask logits of the queries ``query_index`` (default: all)."""
-        hs = extras["hs"] if query_index is None else extras["hs"][:, query_index]
+    def predict_masks(self, extras, query_index=None, all_layers=False):
+        """(B, N, H/4, W/4) mask logits of the queries ``query_index`` (default: all); with
+        ``all_layers`` (dot-product head only) (L, B, N, H/4, W/4), one per decoder layer."""
+        hs = extras["hs_layers"] if all_layers else extras["hs"]
+        hs = hs if query_index is None else hs[..., query_index, :]
+        if self.mask_head_type == "dot_product":
+            f = extras["features"]
+            pixels = self.pixel_decoder(extras["memory"], [f[k] for k in self.pixel_levels])
+            return dot_product_masks(self.mask_embed(hs), pixels)
+        assert not all_layers, "per-layer masks need MODEL.DETR.MASK_HEAD dot_product"
         attn = self.bbox_attention(hs, extras["memory"], extras["mask"])
         f = extras["features"]
         return self.mask_head(extras["src"], attn, [f["res4"], f["res3"], f["res2"]])
@@ -315,7 +342,13 @@ class DETR(nn.Module):
         outputs, extras = self.detect(images, mask)
         if not self.training:
             return self.inference(batched_inputs, images, outputs, extras)
-        if self.mask_on and self.criterion.matcher.uses_masks:
+        if self.mask_on and self.mask_head_type == "dot_product":
+            # every query's masks cost one matrix product: all layers get them (deep supervision)
+            masks = self.predict_masks(extras, all_layers=True)
+            outputs["pred_masks"] = masks[-1]
+            for aux, aux_masks in zip(outputs.get("aux_outputs", []), masks[:-1]):
+                aux["pred_masks"] = aux_masks
+        elif self.mask_on and self.criterion.matcher.uses_masks:
             outputs["pred_masks"] = self.predict_masks(extras)
         elif self.mask_on:
             # the mask head is per query: only matched queries' masks are computed for the loss
@@ -486,6 +519,7 @@ class DETR(nn.Module):
             "mask": crop(extras["mask"], self.in_feature),
             "memory": crop(extras["memory"], self.in_feature),
             "hs": extras["hs"][i : i + 1],
+            "hs_layers": extras["hs_layers"][:, i : i + 1],
         }
 
     def _image_masks(self, extras, i, canvas, query_index):
