@@ -74,6 +74,12 @@ def add_detr_config(cfg):
     # pixels go to the query with the largest class score * mask probability (MaskFormer)
     # instead of the largest mask logit (DETR)
     cfg.MODEL.DETR.TEST.SCORE_WEIGHTED_MASKS = False
+    # panoptic thing segments split into 8-connected components, for datasets whose instances
+    # are connected components (the concrete converter's); COMPONENT_PRIORITY: contiguous thing
+    # ids in the converter's --class-priority order (pixels of an earlier class connect the parts
+    # of a later one). See postprocess.split_into_components. Off for COCO.
+    cfg.MODEL.DETR.TEST.SPLIT_COMPONENTS = False
+    cfg.MODEL.DETR.TEST.COMPONENT_PRIORITY = []
 
     # Solver: AdamW, smaller backbone lr, no decay on norms/embeddings, full-model clipping
     cfg.SOLVER.OPTIMIZER = "ADAMW"

@@ -11,6 +11,9 @@ from detectron2.utils.events import EventStorage
 from model_utils import make_input
 from torch.utils.flop_counter import FlopCounterMode
 
+from d2_detr.data.categories import THING_NAMES
+from d2_detr.data.conversion import DEFAULT_CLASS_PRIORITY
+
 CONFIGS = sorted(glob.glob("configs/**/*.yaml", recursive=True))
 
 
@@ -55,6 +58,15 @@ def test_recipes():
     concrete = _cfg("configs/ConcreteDefects/detr_R_50_panoptic.yaml")
     assert concrete.MODEL.DETR.NUM_CLASSES == 4 and concrete.MODEL.DETR.NUM_OBJECT_QUERIES == 20
     assert concrete.MODEL.DETR.THING_CLASSES == [0, 1, 2]
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "ConcreteDefects" in p])
+def test_concrete_configs_split_components_in_the_converters_class_priority(path):
+    test = _cfg(path).MODEL.DETR.TEST
+    assert test.SPLIT_COMPONENTS
+    assert [THING_NAMES[i] for i in test.COMPONENT_PRIORITY] == list(DEFAULT_CLASS_PRIORITY)
+    coco = _cfg("configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml")
+    assert not coco.MODEL.DETR.TEST.SPLIT_COMPONENTS  # COCO instances are not components
 
 
 def test_coco_model_checks_num_classes_against_builtin_metadata():

@@ -60,7 +60,9 @@ def test_demo_writes_overlays_and_consistent_report(images, tmp_path):
     with torch.no_grad():  # untrained, but biased towards defect classes: segments appear
         model.class_embed.weight.mul_(0.1)
         model.class_embed.bias.copy_(torch.tensor([3.0, 1.0, 3.0, -2.0, -5.0]))
-        model.mask_head.out_lay.bias.fill_(5.0)  # masks cover pixels (logit > 0)
+        # masks cover pixels (logit > 0): constant parts of pixel and query embeddings
+        model.pixel_decoder.mask_features.bias.fill_(1.0)
+        model.mask_embed.layers[-1].bias.fill_(1.0)
     torch.save({"model": model.state_dict()}, weights)
 
     out = tmp_path / "out"

@@ -12,6 +12,11 @@ from PIL import Image
 
 from d2_detr.modeling import DETR
 
+# DETR's own mask head (the tiny config uses the dot-product head), box-only matching
+DETR_HEAD = (
+    "MODEL.DETR.MASK_HEAD", "detr", "MODEL.DETR.COST_MASK", "0.0", "MODEL.DETR.COST_DICE", "0.0",
+)  # fmt: skip
+
 
 def _build(*opts, seed=0):
     torch.manual_seed(seed)
@@ -54,8 +59,11 @@ def test_train_losses_finite_and_backward_reaches_every_parameter():
 
 
 def test_mask_matching_costs_with_deep_supervision():
-    """Mask costs match the last layer on masks; earlier layers (no masks) on class and box."""
-    model = _build("MODEL.DETR.COST_MASK", "5.0", "MODEL.DETR.COST_DICE", "5.0").train()
+    """DETR's head: mask costs match the last layer on masks; earlier layers (no masks) on class
+    and box."""
+    model = _build(
+        "MODEL.DETR.MASK_HEAD", "detr", "MODEL.DETR.COST_MASK", "5.0", "MODEL.DETR.COST_DICE", "5.0"
+    ).train()
     assert model.criterion.matcher.uses_masks and model.deep_supervision
     with EventStorage():
         losses = model(_train_batch())
@@ -63,8 +71,9 @@ def test_mask_matching_costs_with_deep_supervision():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_degenerate_and_empty_targets_are_dropped_and_counted():
-    model = _build().train()
+@pytest.mark.parametrize("head", [DETR_HEAD, ()])
+def test_degenerate_and_empty_targets_are_dropped_and_counted(head):
+    model = _build(*head).train()
     bad = make_input(96, 128, [[10, 10, 60, 50], [30, 30, 30, 60], [5, 5, 20, 20]], [0, 1, 2])
     bad["instances"].gt_masks.tensor[2] = False  # empty mask, valid box
     empty = make_input(80, 112, [], [], seed=3)
@@ -78,7 +87,8 @@ def test_degenerate_and_empty_targets_are_dropped_and_counted():
         losses = model([empty, make_input(64, 64, [], [], seed=4)])
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    assert model.mask_head.out_lay.weight.grad is not None
+    last_mask_layer = model.mask_head.out_lay if head else model.pixel_decoder.mask_features
+    assert last_mask_layer.weight.grad is not None
 
 
 def test_bad_class_ids_raise_a_clear_error():
@@ -109,8 +119,8 @@ def test_polygon_masks_equal_bitmasks():
 
 
 def test_only_matched_masks_computed_same_loss():
-    """Training computes the mask head only for matched queries: same losses as all queries."""
-    model = _build("MODEL.DETR.DROPOUT", "0.0").train()
+    """DETR's head in training runs only for matched queries: same losses as all queries."""
+    model = _build(*DETR_HEAD, "MODEL.DETR.DROPOUT", "0.0").train()
     batch = _train_batch()
     images, mask = model.preprocess_image(batch)
     outputs, extras = model.detect(images, mask)
@@ -125,7 +135,7 @@ def test_only_matched_masks_computed_same_loss():
 
 
 def test_freeze_detector_trains_only_the_mask_head():
-    model = _build("MODEL.DETR.FREEZE_DETECTOR", "True").train()
+    model = _build(*DETR_HEAD, "MODEL.DETR.FREEZE_DETECTOR", "True").train()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith(("mask_head.", "bbox_attention.")) for n in trainable)
     with EventStorage():
@@ -211,7 +221,7 @@ def test_panoptic_only_output_equals_full_output():
 
 def test_detection_only_model():
     model = _build("MODEL.DETR.MASK_ON", "False", "MODEL.DETR.TEST.PANOPTIC_ON", "False")
-    assert not hasattr(model, "mask_head")
+    assert not hasattr(model, "mask_head") and not hasattr(model, "pixel_decoder")
     with EventStorage():
         losses = model.train()(_train_batch())
     assert "loss_mask" not in losses and "loss_bbox" in losses

@@ -65,7 +65,9 @@ def test_every_decoder_layer_gets_mask_losses_and_gradients_reach_the_head():
 
 def test_detr_head_keeps_mask_losses_on_the_last_layer_only():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("MODEL.DETR.DEC_LAYERS", "2")).train()
+    model = build_model(
+        tiny_cfg("MODEL.DETR.MASK_HEAD", "detr", "MODEL.DETR.DEC_LAYERS", "2")
+    ).train()
     with EventStorage():
         losses = model(_batch())
     assert "loss_mask" in losses and "loss_ce_0" in losses and "loss_mask_0" not in losses

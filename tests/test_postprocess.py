@@ -8,6 +8,7 @@ from d2_detr.modeling.postprocess import (
     resize_mask_logits,
     select_panoptic_queries,
     semantic_inference,
+    split_into_components,
 )
 
 THINGS = {0, 1}  # classes 2 and 3 are stuff
@@ -123,3 +124,59 @@ def test_semantic_scores():
     sem = semantic_inference(prob, masks)
     assert sem.shape == (2, 2, 3)
     torch.testing.assert_close(sem[:, 0, 0], torch.tensor([0.7, 0.2]), atol=1e-3, rtol=0)
+
+
+# -- splitting thing segments into connected components (the concrete converter's instances) --
+REBAR, SPALL, CRACK, BACKGROUND = 0, 1, 2, 3
+
+
+def _segments(ids, classes):
+    """(H, W) int ids and {id: class} -> (panoptic_seg, segments_info) as panoptic_inference."""
+    seg = torch.as_tensor(ids, dtype=torch.int32)
+    info = [
+        {"id": i, "category_id": c, "isthing": c != BACKGROUND, "score": 0.9,
+         "area": int((seg == i).sum())}
+        for i, c in classes.items()
+    ]  # fmt: skip
+    return seg, info
+
+
+def _spall_with_two_bars():
+    """A 20x20 spall (id 2) crossed by two horizontal bars that one rebar segment (id 1) holds."""
+    ids = torch.full((30, 30), 3)
+    ids[5:25, 5:25] = 2
+    ids[8:11, 5:25] = 1
+    ids[18:21, 5:25] = 1
+    return _segments(ids, {1: REBAR, 2: SPALL, 3: BACKGROUND})
+
+
+def test_parallel_bars_become_one_instance_each_and_the_crossed_spall_stays_one():
+    seg, info = _spall_with_two_bars()
+    out, out_info = split_into_components(seg, info, class_priority=(CRACK, REBAR, SPALL))
+    by_class = {}
+    for s in out_info:
+        by_class.setdefault(s["category_id"], []).append(s)
+        assert s["area"] == int((out == s["id"]).sum()) > 0
+    assert [s["area"] for s in by_class[REBAR]] == [60, 60]
+    assert [s["area"] for s in by_class[SPALL]] == [400 - 120]  # bridged by the bars
+    assert [s["area"] for s in by_class[BACKGROUND]] == [900 - 400]
+    assert sorted(s["id"] for s in out_info) == list(range(1, 5))
+    assert int((out == 0).sum()) == 0  # nothing became void
+
+
+def test_without_priority_each_class_is_split_by_its_own_pixels():
+    seg, info = _spall_with_two_bars()
+    _, out_info = split_into_components(seg, info)
+    spall_parts = sorted(s["area"] for s in out_info if s["category_id"] == SPALL)
+    assert spall_parts == [20 * 3, 20 * 4, 20 * 7]  # cut in three by the two bars
+
+
+def test_small_parts_become_void_and_diagonal_pixels_connect():
+    ids = torch.zeros((12, 12), dtype=torch.int64)
+    for k in range(8):  # a diagonal crack: 8-connected, one instance
+        ids[k, k] = 1
+    ids[10:12, 10:12] = 1  # a 4-pixel fragment of the same prediction
+    seg, info = _segments(ids, {1: CRACK})
+    out, out_info = split_into_components(seg, info, min_area=4)
+    assert [s["area"] for s in out_info] == [8]
+    assert int((out[10:, 10:] == 0).sum()) == 4

@@ -21,6 +21,7 @@ from torch import nn
 from d2_detr.data.datasets import register_concrete_defects
 from d2_detr.engine import AtomicCheckpointer, DETRTrainer, build_detr_optimizer
 from d2_detr.engine.optimizer import detr_param_groups
+from d2_detr.modeling.detr import MASK_HEAD_PREFIXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = TINY_CONFIG
@@ -226,11 +227,7 @@ def test_optimizer_groups_and_full_model_clipping(data_root, tmp_path):
 
     frozen = build_model(make_cfg(tmp_path, "MODEL.DETR.FREEZE_DETECTOR", "True"))
     trained = {id(p) for g in build_detr_optimizer(cfg, frozen).param_groups for p in g["params"]}
-    heads = {
-        id(p)
-        for n, p in frozen.named_parameters()
-        if n.startswith(("bbox_attention.", "mask_head."))
-    }
+    heads = {id(p) for n, p in frozen.named_parameters() if n.startswith(MASK_HEAD_PREFIXES)}
     assert trained == heads
 
 
@@ -247,7 +244,7 @@ def test_two_stage_recipe(data_root, tmp_path):
     boxes = torch.load(
         tmp_path / "boxes" / "model_final.pth", map_location="cpu", weights_only=True
     )["model"]
-    assert not any(k.startswith("mask_head.") for k in boxes)
+    assert not any(k.startswith(MASK_HEAD_PREFIXES) for k in boxes)
 
     stage2 = make_cfg(
         tmp_path / "masks", "MODEL.DETR.FREEZE_DETECTOR", "True", "SOLVER.MAX_ITER", "3",
@@ -256,7 +253,9 @@ def test_two_stage_recipe(data_root, tmp_path):
     trainer = DETRTrainer(stage2)
     trainer.resume_or_load(resume=False)
     mask_head_before = {
-        k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("mask_head.")
+        k: v.clone()
+        for k, v in trainer.model.state_dict().items()
+        if k.startswith(MASK_HEAD_PREFIXES)
     }
     results = trainer.train()
     assert "panoptic_seg" in results and "segm" in results

@@ -30,6 +30,7 @@ from .postprocess import (
     resize_mask_logits,
     select_panoptic_queries,
     semantic_inference,
+    split_into_components,
 )
 from .transformer import Transformer
 
@@ -139,6 +140,8 @@ class DETR(nn.Module):
         overlap_threshold=0.8,
         min_segment_area=4,
         score_weighted_masks=False,
+        split_components=False,
+        component_priority=(),
     ):
         super().__init__()
         hidden, nheads = transformer.d_model, transformer.nhead
@@ -198,6 +201,8 @@ class DETR(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.min_segment_area = min_segment_area
         self.score_weighted_masks = score_weighted_masks
+        self.split_components = split_components
+        self.component_priority = tuple(component_priority)
         if (panoptic_on or semantic_on) and not mask_on:
             raise ValueError("panoptic / semantic outputs need MODEL.DETR.MASK_ON")
         is_thing_class = torch.zeros(num_classes, dtype=torch.bool)
@@ -271,6 +276,8 @@ class DETR(nn.Module):
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "min_segment_area": d.TEST.MIN_SEGMENT_AREA,
             "score_weighted_masks": d.TEST.SCORE_WEIGHTED_MASKS,
+            "split_components": d.TEST.SPLIT_COMPONENTS,
+            "component_priority": d.TEST.COMPONENT_PRIORITY,
         }
 
     @property
@@ -470,7 +477,7 @@ class DETR(nn.Module):
             position[needed] = torch.arange(len(needed), device=logits.device)
 
             if self.panoptic_on:
-                result["panoptic_seg"] = panoptic_inference(
+                panoptic = panoptic_inference(
                     scores[pan_idx],
                     labels[pan_idx],
                     masks[position[pan_idx]],
@@ -479,6 +486,11 @@ class DETR(nn.Module):
                     self.min_segment_area,
                     self.score_weighted_masks,
                 )
+                if self.split_components:
+                    panoptic = split_into_components(
+                        *panoptic, self.component_priority, self.min_segment_area
+                    )
+                result["panoptic_seg"] = panoptic
             if self.instance_on:
                 result["instances"] = instance_inference(
                     scores[thing_idx],

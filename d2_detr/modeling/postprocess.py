@@ -1,5 +1,7 @@
 """From one image's raw DETR outputs to Detectron2's panoptic / instance / semantic results."""
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
@@ -111,6 +113,55 @@ def panoptic_inference(
         panoptic_seg.long()
     ]
     return panoptic_seg, segments_info
+
+
+def split_into_components(panoptic_seg, segments_info, class_priority=(), min_area=4):
+    """
+    Split thing segments into 8-connected components: the instance definition of datasets whose
+    instances are connected components of a per-class mask (``datasets/prepare_concrete_defects.py``
+    converts that way), e.g. the parallel bars of one rebar prediction become one instance each.
+
+    The converter takes components of each class's own mask, then gives pixels claimed by several
+    classes to the first class of its priority. Mirrored here: the pixels of segments whose class
+    comes earlier in ``class_priority`` connect the parts of a segment (a spall crossed by a bar
+    stays one spall); classes not listed are split by their own pixels only. Components of at most
+    ``min_area`` pixels become void. Stuff segments are kept as they are.
+
+    Args:
+        panoptic_seg: (H, W) int32 segment ids (0 = void); segments_info: their dicts.
+        class_priority: contiguous thing class ids, first wins (the converter's --class-priority).
+    Returns:
+        (panoptic_seg, segments_info) renumbered 1..S, each thing component with its own id.
+    """
+    ids = panoptic_seg.cpu().numpy()
+    out = np.zeros_like(ids)
+    rank = {c: i for i, c in enumerate(class_priority)}
+    result = []
+
+    def add(seg, pixels, area):
+        result.append({**seg, "id": len(result) + 1, "area": int(area)})
+        out[pixels] = len(result)
+
+    for seg in segments_info:
+        own = ids == seg["id"]
+        if not seg["isthing"]:
+            add(seg, own, seg["area"])
+            continue
+        connect = own.copy()
+        if seg["category_id"] in rank:
+            for other in segments_info:
+                if (
+                    other["isthing"]
+                    and rank.get(other["category_id"], 1 << 30) < rank[seg["category_id"]]
+                ):
+                    connect |= ids == other["id"]
+        n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
+        labels[~own] = 0
+        areas = np.bincount(labels.ravel(), minlength=n)
+        for k in range(1, n):
+            if areas[k] > min_area:
+                add(seg, labels == k, areas[k])
+    return torch.as_tensor(out, device=panoptic_seg.device), result
 
 
 def instance_inference(scores, labels, boxes, mask_logits, output_size):
