@@ -80,6 +80,8 @@ def add_detr_config(cfg):
     # of a later one). See postprocess.split_into_components. Off for COCO.
     cfg.MODEL.DETR.TEST.SPLIT_COMPONENTS = False
     cfg.MODEL.DETR.TEST.COMPONENT_PRIORITY = []
+    # a part smaller than this fraction of the segment's largest part is not split off
+    cfg.MODEL.DETR.TEST.COMPONENT_MIN_FRACTION = 0.0
 
     # Solver: AdamW, smaller backbone lr, no decay on norms/embeddings, full-model clipping
     cfg.SOLVER.OPTIMIZER = "ADAMW"

@@ -178,8 +178,10 @@ def test_batch_equals_single_image_inference(in_feature, mask_head):
         "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DETR.TEST.SEMANTIC_ON", "True",
         "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.2", "MODEL.DETR.TEST.OVERLAP_THRESHOLD", "0.0",
         "MODEL.DETR.IN_FEATURE", in_feature, "MODEL.DETR.MASK_HEAD", mask_head,
-        # raw-logit merging: with random weights, score weighting leaves one segment
+        # raw-logit merging: with random weights, score weighting leaves one segment; no split
+        # into components: random masks flip on 1e-7 differences into different fragments
         "MODEL.DETR.TEST.SCORE_WEIGHTED_MASKS", "False",
+        "MODEL.DETR.TEST.SPLIT_COMPONENTS", "False",
     ).eval()  # fmt: skip
     with torch.no_grad():
         model.class_embed.bias[-1] = -10.0  # no query predicts "no object": many segments

@@ -180,3 +180,16 @@ def test_small_parts_become_void_and_diagonal_pixels_connect():
     out, out_info = split_into_components(seg, info, min_area=4)
     assert [s["area"] for s in out_info] == [8]
     assert int((out[10:, 10:] == 0).sum()) == 4
+
+
+def test_parts_under_a_fraction_of_the_largest_stay_with_it():
+    ids = torch.zeros((20, 40), dtype=torch.int64)
+    ids[2:4, 0:30] = 1  # a bar of 60 px
+    ids[2:4, 32:37] = 1  # past a gap: 10 px (1/6 of the bar)
+    ids[10:12, 0:25] = 1  # a parallel bar of 50 px
+    seg, info = _segments(ids, {1: REBAR})
+    out, out_info = split_into_components(seg, info, min_area=4, min_part_fraction=0.2)
+    assert sorted(s["area"] for s in out_info) == [50, 70]
+    assert out[2, 0] == out[2, 35] != out[10, 0]
+    _, plain = split_into_components(seg, info, min_area=4)
+    assert sorted(s["area"] for s in plain) == [10, 50, 60]

@@ -142,6 +142,7 @@ class DETR(nn.Module):
         score_weighted_masks=False,
         split_components=False,
         component_priority=(),
+        component_min_fraction=0.0,
     ):
         super().__init__()
         hidden, nheads = transformer.d_model, transformer.nhead
@@ -203,6 +204,7 @@ class DETR(nn.Module):
         self.score_weighted_masks = score_weighted_masks
         self.split_components = split_components
         self.component_priority = tuple(component_priority)
+        self.component_min_fraction = component_min_fraction
         if (panoptic_on or semantic_on) and not mask_on:
             raise ValueError("panoptic / semantic outputs need MODEL.DETR.MASK_ON")
         is_thing_class = torch.zeros(num_classes, dtype=torch.bool)
@@ -278,6 +280,7 @@ class DETR(nn.Module):
             "score_weighted_masks": d.TEST.SCORE_WEIGHTED_MASKS,
             "split_components": d.TEST.SPLIT_COMPONENTS,
             "component_priority": d.TEST.COMPONENT_PRIORITY,
+            "component_min_fraction": d.TEST.COMPONENT_MIN_FRACTION,
         }
 
     @property
@@ -488,7 +491,10 @@ class DETR(nn.Module):
                 )
                 if self.split_components:
                     panoptic = split_into_components(
-                        *panoptic, self.component_priority, self.min_segment_area
+                        *panoptic,
+                        self.component_priority,
+                        self.min_segment_area,
+                        self.component_min_fraction,
                     )
                 result["panoptic_seg"] = panoptic
             if self.instance_on:

@@ -115,7 +115,9 @@ def panoptic_inference(
     return panoptic_seg, segments_info
 
 
-def split_into_components(panoptic_seg, segments_info, class_priority=(), min_area=4):
+def split_into_components(
+    panoptic_seg, segments_info, class_priority=(), min_area=4, min_part_fraction=0.0
+):
     """
     Split thing segments into 8-connected components: the instance definition of datasets whose
     instances are connected components of a per-class mask (``datasets/prepare_concrete_defects.py``
@@ -124,8 +126,10 @@ def split_into_components(panoptic_seg, segments_info, class_priority=(), min_ar
     The converter takes components of each class's own mask, then gives pixels claimed by several
     classes to the first class of its priority. Mirrored here: the pixels of segments whose class
     comes earlier in ``class_priority`` connect the parts of a segment (a spall crossed by a bar
-    stays one spall); classes not listed are split by their own pixels only. Components of at most
-    ``min_area`` pixels become void. Stuff segments are kept as they are.
+    stays one spall); classes not listed are split by their own pixels only. A part smaller than
+    ``min_part_fraction`` of the segment's largest part is not split off (it stays with the
+    largest: a gap in a thin mask does not make a new instance); instances of at most ``min_area``
+    pixels become void. Stuff segments are kept as they are.
 
     Args:
         panoptic_seg: (H, W) int32 segment ids (0 = void); segments_info: their dicts.
@@ -158,6 +162,14 @@ def split_into_components(panoptic_seg, segments_info, class_priority=(), min_ar
         n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
         labels[~own] = 0
         areas = np.bincount(labels.ravel(), minlength=n)
+        if (
+            n > 2 and min_part_fraction > 0
+        ):  # small parts (gaps in a thin mask) stay with the largest
+            largest = int(np.argmax(areas[1:])) + 1
+            small = areas < min_part_fraction * areas[largest]
+            small[0] = False
+            labels[small[labels]] = largest
+            areas = np.bincount(labels.ravel(), minlength=n)
         for k in range(1, n):
             if areas[k] > min_area:
                 add(seg, labels == k, areas[k])
