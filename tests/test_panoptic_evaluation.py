@@ -71,6 +71,38 @@ def test_no_thing_segments_give_nan_things_and_exact_stuff(stuff_only_split):
     result = _run(DETRPanopticEvaluator(name, str(tmp_path / "ours")), name)["panoptic_seg"]
     assert result["PQ_st"] == pytest.approx(100.0) and result["PQ"] == pytest.approx(100.0)
     assert math.isnan(result["PQ_th"]) and math.isnan(result["SQ_th"])
+    # per class: the background exact, the crack never occurs (panopticapi alone says 0)
+    assert result["PQ_background"] == pytest.approx(100.0) and math.isnan(result["PQ_crack"])
     # the patch is undone: panopticapi behaves as before outside the evaluator
     with pytest.raises(ZeroDivisionError):
         _run(COCOPanopticEvaluator(name, str(tmp_path / "plain2")), name)
+
+
+def test_pq_per_class_by_hand(stuff_only_split, tmp_path):
+    """Image 0 holds a 4x4 crack that the prediction finds exactly; image 1 holds one that it
+    misses (all background): crack RQ 1 / (1 + 0.5), background SQ (1 + 240 / 256) / 2."""
+    name, root = stuff_only_split
+    json_path = root / "panoptic.json"
+    data = json.loads(json_path.read_text())
+    for i, ann in enumerate(data["annotations"]):
+        ids = np.full((16, 16), 7, np.uint32)
+        ids[:4, :4] = 3
+        Image.fromarray(id2rgb(ids)).save(root / "panoptic" / f"{i}.png")
+        ann["segments_info"] = [
+            {"id": 3, "category_id": 1, "iscrowd": 0, "area": 16, "bbox": [0, 0, 4, 4]},
+            {"id": 7, "category_id": 4, "iscrowd": 0, "area": 240, "bbox": [0, 0, 16, 16]},
+        ]
+    json_path.write_text(json.dumps(data))
+    evaluator = DETRPanopticEvaluator(name, str(tmp_path / "out"))
+    evaluator.reset()
+    for k, record in enumerate(DatasetCatalog.get(name)):
+        seg = torch.ones((16, 16), dtype=torch.int32)
+        info = [{"id": 1, "category_id": 1, "isthing": False}]
+        if k == 0:
+            seg[:4, :4] = 2
+            info.append({"id": 2, "category_id": 0, "isthing": True})
+        evaluator.process([record], [{"panoptic_seg": (seg, info)}])
+    result = evaluator.evaluate()["panoptic_seg"]
+    assert result["PQ_crack"] == pytest.approx(100 * 1 / 1.5)
+    assert result["PQ_background"] == pytest.approx(100 * (1 + 240 / 256) / 2)
+    assert result["PQ_th"] == pytest.approx(result["PQ_crack"])
