@@ -338,13 +338,12 @@ class DETR(nn.Module):
         ``all_layers`` (dot-product head only) (L, B, N, H/4, W/4), one per decoder layer."""
         hs = extras["hs_layers"] if all_layers else extras["hs"]
         hs = hs if query_index is None else hs[..., query_index, :]
+        f = extras["features"]
         if self.mask_head_type == "dot_product":
-            f = extras["features"]
             pixels = self.pixel_decoder(extras["memory"], [f[k] for k in self.pixel_levels])
             return dot_product_masks(self.mask_embed(hs), pixels)
         assert not all_layers, "per-layer masks need MODEL.DETR.MASK_HEAD dot_product"
         attn = self.bbox_attention(hs, extras["memory"], extras["mask"])
-        f = extras["features"]
         return self.mask_head(extras["src"], attn, [f["res4"], f["res3"], f["res2"]])
 
     def forward(self, batched_inputs):

@@ -139,7 +139,15 @@ def split_into_components(
     """
     ids = panoptic_seg.cpu().numpy()
     out = np.zeros_like(ids)
+    # priority rank of every pixel's segment (unlisted classes, stuff and void: never connect)
+    unranked = len(class_priority)
     rank = {c: i for i, c in enumerate(class_priority)}
+    top_id = max([int(ids.max())] + [seg["id"] for seg in segments_info])
+    rank_of_segment = np.full(top_id + 1, unranked)
+    for seg in segments_info:
+        if seg["isthing"]:
+            rank_of_segment[seg["id"]] = rank.get(seg["category_id"], unranked)
+    pixel_rank = rank_of_segment[ids]
     result = []
 
     def add(seg, pixels, area):
@@ -151,20 +159,12 @@ def split_into_components(
         if not seg["isthing"]:
             add(seg, own, seg["area"])
             continue
-        connect = own.copy()
-        if seg["category_id"] in rank:
-            for other in segments_info:
-                if (
-                    other["isthing"]
-                    and rank.get(other["category_id"], 1 << 30) < rank[seg["category_id"]]
-                ):
-                    connect |= ids == other["id"]
+        connect = own | (pixel_rank < rank.get(seg["category_id"], 0))
         n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
         labels[~own] = 0
         areas = np.bincount(labels.ravel(), minlength=n)
-        if (
-            n > 2 and min_part_fraction > 0
-        ):  # small parts (gaps in a thin mask) stay with the largest
+        if n > 2 and min_part_fraction > 0:
+            # small parts (gaps in a thin mask) stay with the largest
             largest = int(np.argmax(areas[1:])) + 1
             small = areas < min_part_fraction * areas[largest]
             small[0] = False
