@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic file writes and the command-line user-error path."""
