@@ -1,7 +1,10 @@
 """Fallbacks for what today's Python stack lacks under Detectron2 v0.6. Import this module first.
 
-Every patch checks that the thing it provides is really missing, so on a machine whose torch and
-torchvision match (e.g. a CUDA build of both) nothing is changed. Each applied patch is logged
+Every patch checks that the thing it provides is really missing and changes nothing otherwise.
+Which patches apply depends on the installed packages, not on the device: with a matching
+torch/torchvision pair (e.g. CUDA builds of both) the operator kernels are not defined, but the
+numpy / Pillow aliases and the ``detectron2._C`` placeholder still apply wherever ``make install``
+put numpy >= 1.24, Pillow >= 10 and the pure-Python Detectron2 sdist. Each applied patch is logged
 at debug level and listed in :data:`APPLIED`.
 
 Patches and why they exist (remove each once its reason is gone):
