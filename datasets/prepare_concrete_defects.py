@@ -4,9 +4,13 @@
     python datasets/prepare_concrete_defects.py --raw RAW --out datasets/concrete_defects
 
 RAW holds ``images/<stem>.<jpg|jpeg|png>`` and ``masks/<stem><class>.<jpg|jpeg|png>``. Rules
-(thresholding, 8-connected components, min-area, overlap priority, splits, JPEG re-encoding,
-atomic output) are documented in ``d2_detr/data/conversion.py``. The output is validated with
-``datasets/check_panoptic.py`` before it replaces OUT.
+(masks of any bit depth, thresholding, 8-connected components, min-area, overlap priority,
+splits, JPEG re-encoding, atomic output) are documented in ``d2_detr/data/conversion/``. The
+output is validated with ``datasets/check_panoptic.py`` before it replaces OUT.
+
+Bad input (a missing or unreadable file, a dangling symlink, a bad setting, an --out that is a
+file) ends with exit code 2 and a message naming it; ``--debug`` or ``D2_DETR_DEBUG=1`` shows
+the traceback. OUT is never left half-written.
 """
 
 import argparse
@@ -17,25 +21,50 @@ import d2_detr  # noqa: F401  (compat before detectron2)
 from d2_detr.data.conversion import (
     DEFAULT_CLASS_PRIORITY,
     DEFAULT_MIN_AREA,
-    RawDatasetError,
+    DEFAULT_THRESHOLD,
     convert_concrete_dataset,
 )
+from d2_detr.utils.cli import UserError, run_cli
 
 
 def parse_suffixes(text):
     """'crack=crack,spall=spall' -> dict suffix -> class."""
-    pairs = [p.split("=", 1) if "=" in p else (p, p) for p in text.split(",") if p]
+    pairs = [p.split("=", 1) if "=" in p else (p, p) for p in text.split(",") if p.strip()]
     return {s.strip(): c.strip() for s, c in pairs}
 
 
-def main(argv=None):
+def parse_threshold(text):
+    """'128' -> 128 (8-bit scale, 1..255); '0.5' -> 0.5 (fraction of the mask's type range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value.is_integer() and "." not in text and "e" not in text.lower():
+        value = int(value)
+    if not (isinstance(value, int) and 1 <= value <= 255) and not (
+        isinstance(value, float) and 0 < value <= 1
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text}: use an integer 1..255 (8-bit scale) or a fraction in (0, 1]"
+        )
+    return value
+
+
+def _main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--raw", required=True, help="raw folder with images/ and masks/")
     p.add_argument("--out", required=True, help="dataset root to create")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--test-fraction", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--threshold", type=int, default=128, help="mask value >= this is defect")
+    p.add_argument(
+        "--threshold",
+        type=parse_threshold,
+        default=DEFAULT_THRESHOLD,
+        help="mask value >= this is defect: an integer 1..255 on the 8-bit scale (scaled to "
+        "16-bit masks: 128 -> 32896) or a fraction such as 0.5 of the type range "
+        "(default %(default)s)",
+    )
     p.add_argument(
         "--min-area",
         type=int,
@@ -55,6 +84,7 @@ def main(argv=None):
         help="mask-name suffixes, 'suffix' or 'suffix=class', comma separated",
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     try:
         summary = convert_concrete_dataset(
@@ -71,13 +101,20 @@ def main(argv=None):
             class_suffixes=parse_suffixes(args.class_suffixes),
             progress=not args.no_progress,
         )
-    except (RawDatasetError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except FileExistsError as e:
+        raise UserError(str(e), "pass --overwrite to replace it, or choose another --out") from e
     print(json.dumps(summary, indent=2, sort_keys=True))
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def main(argv=None):
+    """Run the converter; returns the exit status (0, or 2 with a message for a bad input)."""
+    try:
+        return run_cli(_main, argv)
+    except SystemExit as e:  # argparse errors and UserError: status 2, message printed
+        return e.code
 
 
 if __name__ == "__main__":

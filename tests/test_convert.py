@@ -11,8 +11,9 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 import d2_detr  # noqa: F401
-from d2_detr.data import conversion
-from d2_detr.data.conversion import RawDatasetError, convert_concrete_dataset, split_stems
+from d2_detr.data.conversion import RawDatasetError
+from d2_detr.data.conversion import convert as conversion_pipeline
+from d2_detr.data.conversion import convert_concrete_dataset, split_stems
 from d2_detr.data.validation import check_panoptic
 
 CAT_ID = {"rebar": 1, "spall": 2, "crack": 3}
@@ -341,8 +342,17 @@ def test_out_exists_without_overwrite(tmp_path, data_sample_raw):
     with pytest.raises(FileExistsError, match="already exists.*overwrite"):
         convert(data_sample_raw, out)
     assert os.listdir(out) == ["keep.txt"]
-    convert(data_sample_raw, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "annotations").is_dir()
+    # --overwrite never replaces a folder that is not an earlier converter output ...
+    with pytest.raises(RawDatasetError, match="out: not a converted dataset"):
+        convert(data_sample_raw, out, overwrite=True)
+    assert os.listdir(out) == ["keep.txt"]
+    # ... but does replace an empty folder and an earlier output.
+    (out / "keep.txt").unlink()
+    first = convert(data_sample_raw, out, overwrite=True, seed=1, val_fraction=0.5)
+    (out / "annotations" / "stale.json").write_text("{}")
+    second = convert(data_sample_raw, out, overwrite=True, seed=2, val_fraction=0.5)
+    assert first["settings"]["seed"] == 1 and second["settings"]["seed"] == 2
+    assert not (out / "annotations" / "stale.json").exists() and (out / "annotations").is_dir()
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
@@ -350,7 +360,7 @@ def test_interrupted_run_leaves_nothing_half_written(tmp_path, data_synthetic_ra
     out = tmp_path / "out"
     convert(data_synthetic_raw, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    real, calls = conversion._convert_one, []
+    real, calls = conversion_pipeline._convert_one, []
 
     def interrupted(task):
         calls.append(task[0])
@@ -358,7 +368,7 @@ def test_interrupted_run_leaves_nothing_half_written(tmp_path, data_synthetic_ra
             raise KeyboardInterrupt
         return real(task)
 
-    monkeypatch.setattr(conversion, "_convert_one", interrupted)
+    monkeypatch.setattr(conversion_pipeline, "_convert_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert(data_synthetic_raw, out, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["out"]  # temporary folder removed

@@ -19,6 +19,8 @@ import numpy as np
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image, ImageOps
 
+from ..utils.io import atomic_write_bytes, atomic_write_text
+
 __all__ = [
     "id2rgb",
     "rgb2id",
@@ -68,11 +70,8 @@ def image_size(path):
 
 
 def ids_from_bgr(bgr):
-    """(H, W, 3) uint8 BGR (OpenCV order) -> (H, W) int32 ids; equals ``rgb2id`` on the RGB."""
-    ids = bgr[:, :, 2].astype(np.int32)
-    ids |= bgr[:, :, 1].astype(np.int32) << 8
-    ids |= bgr[:, :, 0].astype(np.int32) << 16
-    return ids
+    """(H, W, 3) uint8 BGR (OpenCV order) -> (H, W) int32 ids (panopticapi's ``rgb2id``)."""
+    return rgb2id(bgr[:, :, ::-1])
 
 
 def read_panoptic_png(path):
@@ -107,10 +106,7 @@ def encode_panoptic_png(id_map, level=1):
     h, w = id_map.shape
     ids = id_map.astype(np.int32, copy=False)
     rows = np.zeros((h, 3 * w + 1), np.uint8)  # leading 0 per row: PNG filter "None"
-    rgb = rows[:, 1:].reshape(h, w, 3)
-    rgb[:, :, 0] = ids & 255
-    rgb[:, :, 1] = (ids >> 8) & 255
-    rgb[:, :, 2] = ids >> 16
+    rows[:, 1:] = id2rgb(ids).reshape(h, 3 * w)
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -122,9 +118,7 @@ def encode_panoptic_png(id_map, level=1):
 
 def write_panoptic_png(path, id_map):
     """Write a (H, W) integer id map as a panoptic PNG (see :func:`encode_panoptic_png`)."""
-    data = encode_panoptic_png(id_map)
-    with open(path, "wb") as f:
-        f.write(data)
+    atomic_write_bytes(path, encode_panoptic_png(id_map))
 
 
 def mask_bbox(mask):
@@ -155,7 +149,5 @@ def segments_from_id_map(id_map):
 
 
 def write_json(path, obj):
-    """Write json deterministically (sorted keys, compact separators, trailing newline)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-        f.write("\n")
+    """Write json deterministically and atomically (sorted keys, compact, trailing newline)."""
+    atomic_write_text(path, json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")

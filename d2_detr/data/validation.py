@@ -12,7 +12,11 @@ category ids known and ``isthing`` consistent; image files exist and have the PN
 (Detectron2 v0.6 also needs ``<png stem>.jpg``); no image (by name or content) in two splits;
 instances json: areas/bboxes equal to the RLE masks, thing categories only, and the same
 (category, area, bbox) set per image as the panoptic things.
-Each problem is one string naming the file and, where it applies, the segment id.
+Each problem is one string naming the file and, where it applies, the segment id. A malformed
+json structure (a list instead of an object, ``segments_info: null``, a missing key, an id that
+is not an integer, ...) is a problem located by its json path, e.g.
+``panoptic_val.json: annotations[3].segments_info: expected a list, got null``
+(:mod:`d2_detr.data.schema`); the content checks then run on the well-formed rest.
 """
 
 import hashlib
@@ -25,6 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .panoptic_format import image_size, read_panoptic_png
+from .schema import instances_structure, panoptic_structure
 
 __all__ = ["check_panoptic", "panoptic_splits"]
 
@@ -148,12 +153,14 @@ def _check_record(job):
 
 def _check_instances(path, pan_things, categories):
     """Check an instances json against its RLE masks and the panoptic thing segments."""
-    problems = []
     try:
         with open(path, encoding="utf-8") as f:
             coco = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         return [f"{path}: unreadable json ({e})"]
+    problems, coco = instances_structure(coco, path)
+    if coco is None:
+        return problems
     image_ids = {im.get("id") for im in coco.get("images", [])}
     seen, per_image = Counter(), {}
     for ann in coco.get("annotations", []):
@@ -167,11 +174,15 @@ def _check_instances(path, pan_things, categories):
         seg = ann.get("segmentation")
         if isinstance(seg, dict) and "counts" in seg:
             rle = dict(seg)
-            if isinstance(rle["counts"], list):
-                rle = mask_utils.frPyObjects(rle, *rle["size"])
-            elif isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode("ascii")
-            area, bbox = int(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
+            try:
+                if isinstance(rle["counts"], list):
+                    rle = mask_utils.frPyObjects(rle, *rle["size"])
+                else:
+                    rle["counts"] = rle["counts"].encode("ascii")
+                area, bbox = int(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
+            except (ValueError, TypeError, UnicodeError) as e:
+                problems.append(f"{where}: segmentation: not a decodable RLE ({e})")
+                continue
             if area == 0:
                 problems.append(f"{where}: empty mask")
             if ann.get("area") != area:
@@ -199,9 +210,11 @@ def _check_split(split, json_path, image_root, pan_root, pool):
     try:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         return [f"{json_path}: unreadable json ({e})"], {}
-    problems = []
+    problems, data = panoptic_structure(data, json_path)
+    if data is None:
+        return problems, {}
     categories = {}
     for cat in data.get("categories", []):
         if cat.get("id") in categories:

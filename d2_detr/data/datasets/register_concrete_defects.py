@@ -12,14 +12,29 @@ a first training run). So the names always exist, and "only splits whose files e
 enforced when a dataset is loaded: ``DatasetCatalog.get`` of a missing split raises
 ``FileNotFoundError`` naming the missing files and the commands that create them. Use
 :func:`register_concrete_defects` to point the names at another root (re-registration is fine).
+
+Class priority, one source of truth: the converter's ``--class-priority`` is stored in
+``ROOT/conversion_summary.json`` (``settings.class_priority``); registration puts it into
+``MetadataCatalog.get(name).class_priority`` as CONTIGUOUS thing ids, highest priority first
+(the converter's default, crack > rebar > spall, when the dataset does not exist yet or says
+nothing). For a dataset converted after registration in the same process, call
+:func:`register_concrete_defects` again.
 """
 
+import json
+import logging
 import os
 
 from ..categories import CONCRETE_DEFECT_CATEGORIES
+from ..conversion.settings import DEFAULT_CLASS_PRIORITY
 from .register_panoptic import register_panoptic_dataset
 
-__all__ = ["SPLITS", "register_concrete_defects", "register_all_concrete_defects"]
+__all__ = [
+    "SPLITS",
+    "dataset_class_priority",
+    "register_concrete_defects",
+    "register_all_concrete_defects",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -39,6 +54,31 @@ _HINTS = {
 }
 
 
+def dataset_class_priority(root):
+    """Class names, highest priority first, the dataset at ``root`` was converted with.
+
+    Read from ``root/conversion_summary.json``; the converter's default when the file is absent,
+    unreadable or holds no valid priority (a warning says which).
+    """
+    path = os.path.join(os.fspath(root), "conversion_summary.json")
+    if not os.path.isfile(path):
+        return list(DEFAULT_CLASS_PRIORITY)
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = json.load(f)["settings"]["class_priority"]
+        if sorted(names) != sorted(DEFAULT_CLASS_PRIORITY):
+            raise ValueError(f"not a permutation of {list(DEFAULT_CLASS_PRIORITY)}: {names}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logging.getLogger(__name__).warning(
+            "%s: no valid settings.class_priority (%s); using the default %s",
+            path,
+            e,
+            list(DEFAULT_CLASS_PRIORITY),
+        )
+        return list(DEFAULT_CLASS_PRIORITY)
+    return list(names)
+
+
 def register_concrete_defects(root, name_prefix="concrete_defects", splits=SPLITS):
     """(Re-)register ``{name_prefix}_{split}_panoptic`` for a converted dataset at ``root``.
 
@@ -47,6 +87,7 @@ def register_concrete_defects(root, name_prefix="concrete_defects", splits=SPLIT
     """
     root = os.fspath(root)
     hint = _HINTS.get(name_prefix, _HINTS["concrete_defects"])
+    priority = dataset_class_priority(root)
     names = []
     for split in splits:
         ann = os.path.join(root, "annotations")
@@ -60,6 +101,7 @@ def register_concrete_defects(root, name_prefix="concrete_defects", splits=SPLIT
                 panoptic_json=os.path.join(ann, f"panoptic_{split}.json"),
                 instances_json=os.path.join(ann, f"instances_{split}.json"),
                 missing_hint=hint.format(root=root, test=test),
+                class_priority=priority,
             )
         )
     return names

@@ -5,7 +5,12 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json, register_coco_panoptic
 
-__all__ = ["panoptic_metadata", "register_panoptic_dataset", "unregister_dataset"]
+__all__ = [
+    "class_priority_ids",
+    "panoptic_metadata",
+    "register_panoptic_dataset",
+    "unregister_dataset",
+]
 
 _SET_BY_REGISTRATION = {
     "name",
@@ -47,6 +52,25 @@ def panoptic_metadata(categories):
     }
 
 
+def class_priority_ids(class_priority, metadata):
+    """Thing class names (highest priority first) -> CONTIGUOUS thing ids, as the model uses.
+
+    Args:
+        class_priority: thing class names, e.g. ``("crack", "rebar", "spall")``.
+        metadata: dict with ``thing_classes`` (see :func:`panoptic_metadata`).
+    Raises:
+        ValueError: a name that is not a thing class, or a name listed twice.
+    """
+    things = list(metadata["thing_classes"])
+    unknown = [n for n in class_priority if n not in things]
+    if unknown or len(set(class_priority)) != len(class_priority):
+        raise ValueError(
+            f"class_priority {list(class_priority)}: each entry must be one of the thing "
+            f"classes {things}, at most once"
+        )
+    return [things.index(n) for n in class_priority]
+
+
 def unregister_dataset(name):
     """Remove ``name`` from DatasetCatalog and MetadataCatalog (no error if absent)."""
     if name in DatasetCatalog.list():
@@ -73,6 +97,7 @@ def register_panoptic_dataset(
     panoptic_json,
     instances_json=None,
     missing_hint=None,
+    class_priority=None,
 ):
     """Register a COCO-panoptic dataset under ``name`` (re-registering replaces it).
 
@@ -91,11 +116,17 @@ def register_panoptic_dataset(
         panoptic_root, panoptic_json: PNG folder and panoptic json.
         instances_json: optional COCO instances json (for ``COCOEvaluator``).
         missing_hint: text telling the user how to create the files.
+        class_priority: optional thing class names, highest priority first (which class keeps
+            the pixels two classes claim); stored as ``metadata.class_priority``, a list of
+            CONTIGUOUS thing ids (``[]`` when not given: no priority).
     """
     if isinstance(categories, dict):  # keys set by register_coco_panoptic itself are dropped
         metadata = {k: v for k, v in categories.items() if k not in _SET_BY_REGISTRATION}
     else:
         metadata = panoptic_metadata(categories)
+    if class_priority is not None:
+        metadata["class_priority"] = class_priority_ids(class_priority, metadata)
+    metadata.setdefault("class_priority", [])
     unregister_dataset(name)
     register_coco_panoptic(name, metadata, image_root, panoptic_root, panoptic_json, instances_json)
     # Same loader as Detectron2's, behind a check that turns a missing dataset into a clear error.

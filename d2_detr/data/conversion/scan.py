@@ -1,0 +1,132 @@
+"""Scan the raw layout: pair every image with its per-class masks, refusing unusable files.
+
+Raw layout::
+
+    RAW/images/<stem>.<jpg|jpeg|png>
+    RAW/masks/<stem><suffix>.<jpg|jpeg|png>   one mask per defect class present in the image
+
+Hidden files (``.name``) and sub-folders are ignored. A dangling symlink, a symlink loop, a file
+that cannot be opened or a file with another extension is an error naming the file: nothing is
+silently dropped.
+"""
+
+import errno
+import hashlib
+import os
+
+from .settings import DEFAULT_CLASS_SUFFIXES, IMAGE_EXTENSIONS, MASK_EXTENSIONS, RawDatasetError
+
+__all__ = ["scan_raw_dir", "content_groups", "read_bytes"]
+
+
+def read_bytes(path):
+    """The bytes of ``path``; an OS error becomes a :class:`RawDatasetError` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise RawDatasetError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def _check_entry(path):
+    """'file', 'skip' (a folder) or a RawDatasetError for links that lead nowhere."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RawDatasetError(
+                f"{path}: symlink loop", "replace the link by the file it should point to"
+            ) from e
+        if os.path.islink(path):
+            raise RawDatasetError(
+                f"{path}: dangling symlink (points to {os.readlink(path)}, which does not exist)",
+                "fix or remove the link",
+            ) from e
+        raise RawDatasetError(f"{path}: cannot access ({e.strerror or e})") from e
+    if os.path.isdir(path):
+        return "skip"
+    if not os.path.isfile(path):
+        raise RawDatasetError(f"{path}: not a regular file (st_mode {oct(st.st_mode)})")
+    if not os.access(path, os.R_OK):
+        raise RawDatasetError(f"{path}: not readable (permission denied)", "check its permissions")
+    return "file"
+
+
+def _list_files(folder, extensions):
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.lexists(folder) else "folder not found"
+        raise RawDatasetError(
+            f"{folder}: {what}", "the raw layout is RAW/images/<stem>.jpg and RAW/masks/"
+        )
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise RawDatasetError(f"{folder}: cannot list the folder ({e.strerror or e})") from e
+    out = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.startswith(".") or _check_entry(path) == "skip":
+            continue
+        base, ext = os.path.splitext(name)
+        if ext.lower() not in extensions:
+            raise RawDatasetError(
+                f"{path}: unexpected file type {ext!r} (expected one of {', '.join(extensions)})"
+            )
+        out.append((base, path))
+    return out
+
+
+def scan_raw_dir(raw_dir, class_suffixes=None):
+    """Pair every image of ``RAW/images`` with its masks in ``RAW/masks``.
+
+    Args:
+        class_suffixes: dict mask-name suffix -> class name (default: crack, spall, rebar).
+    Returns:
+        list of (stem, image_path, {class_name: mask_path}) sorted by stem.
+    Raises:
+        RawDatasetError: two images with one stem, a mask with an unknown suffix or without an
+            image, two masks of one class for one image, a dangling or looping symlink, an
+            unreadable file; the message names the files.
+    """
+    raw_dir = os.fspath(raw_dir)
+    if not os.path.isdir(raw_dir):
+        what = "is not a folder" if os.path.lexists(raw_dir) else "folder not found"
+        raise RawDatasetError(
+            f"{raw_dir}: {what}", "--raw must be a folder holding images/ and masks/"
+        )
+    suffixes = dict(DEFAULT_CLASS_SUFFIXES if class_suffixes is None else class_suffixes)
+    images = {}
+    for stem, path in _list_files(os.path.join(raw_dir, "images"), IMAGE_EXTENSIONS):
+        if stem in images:
+            raise RawDatasetError(
+                f"{path}: two images share the stem {stem!r} (also {images[stem]}); "
+                "keep one of them"
+            )
+        images[stem] = path
+    masks = {stem: {} for stem in images}
+    by_length = sorted(suffixes, key=lambda s: (-len(s), s))
+    for base, path in _list_files(os.path.join(raw_dir, "masks"), MASK_EXTENSIONS):
+        suffix = next((s for s in by_length if base.endswith(s) and len(base) > len(s)), None)
+        if suffix is None:
+            raise RawDatasetError(
+                f"{path}: unknown class suffix (mask names are <image stem><suffix>, "
+                f"suffixes: {', '.join(sorted(suffixes))})"
+            )
+        stem, cls = base[: -len(suffix)], suffixes[suffix]
+        if stem not in images:
+            raise RawDatasetError(f"{path}: mask without image (no images/{stem}.jpg|jpeg|png)")
+        if cls in masks[stem]:
+            raise RawDatasetError(
+                f"{path}: second {cls!r} mask for image {stem!r} (also {masks[stem][cls]})"
+            )
+        masks[stem][cls] = path
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def content_groups(entries):
+    """stem -> stem of the first image with the same bytes (duplicates must share a split)."""
+    first, groups = {}, {}
+    for stem, path, _ in entries:
+        digest = hashlib.sha1(read_bytes(path)).hexdigest()
+        groups[stem] = first.setdefault(digest, stem)
+    return groups
