@@ -1,33 +1,52 @@
 #!/usr/bin/env python
 """
-Panoptic overlays and a defect report for images, with a trained DETR model.
+Panoptic overlays and a defect report for folders of photos, with a trained DETR model.
 
     python demo/demo.py --config-file configs/ConcreteDefects/detr_tiny_cpu.yaml \
-        --input path/to/images/ --output output/demo_run MODEL.WEIGHTS model_final.pth
+        --input photos/ more/*.jpg --output output/inspection MODEL.WEIGHTS model_final.pth
 
-Writes ``OUTPUT/overlays/<stem>.jpg`` and the report ``OUTPUT/defects.csv`` (one row per
-defect: image, class, area px and %, bbox, score), ``OUTPUT/images.csv`` (counts per image)
-and ``OUTPUT/defect_report.json``.
+Inputs: image files, folders (searched recursively; .jpg .jpeg .png .bmp .tif .tiff .webp in any
+case) and glob patterns. Each photo is keyed by its path relative to the common folder of the
+inputs (``a/00044.jpg`` and ``b/00044.jpg`` stay apart). Writes ``OUTPUT/overlays/<key>``, the
+report ``OUTPUT/defects.csv`` (one row per defect), ``OUTPUT/images.csv`` (one row per photo),
+``OUTPUT/defect_report.json`` and ``OUTPUT/report.html``.
+
+A photo that cannot be read (corrupt, truncated, empty, not an image, a dangling link) is skipped
+with a warning and listed in the report (images.csv / json: status "unreadable" and the reason);
+the run goes on and exits 0 when at least one photo was processed. When none can be read it
+writes nothing and exits 2.
+
+Large photos (longest side > 2x INPUT.MAX_SIZE_TEST, i.e. > 800 px for the tiny config) run on
+overlapping tiles at native resolution (``--tile``, ``--tile-overlap``; ``--tile 0``: never).
 """
 
 import argparse
+import math
 import os
 import sys
 
-import d2_detr  # noqa: F401  (d2_detr.compat patches before detectron2 imports)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import d2_detr  # noqa: E402,F401  (d2_detr.compat patches before detectron2 imports)
 
 # isort: split
-import cv2
-import tqdm
-from detectron2.config import get_cfg
-from detectron2.utils.logger import setup_logger
+import tqdm  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from predictor import PanopticDemo, collect_inputs, output_metadata  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from predictor import PanopticDemo, expand_inputs  # noqa: E402
+from d2_detr.inspection import load_severity  # noqa: E402
+from d2_detr.inspection.tiling import validate_tiling  # noqa: E402
+from d2_detr.utils.cli import UserError, closest_names, run_cli  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: exit 2 as well, with the usage line
+        self.print_usage(sys.stderr)
+        raise UserError(message, f"see {self.prog} --help")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", required=True, help="images, folders or globs")
     parser.add_argument("--output", required=True, help="folder for overlays and the report")
@@ -35,46 +54,181 @@ def get_parser():
         "--confidence-threshold",
         type=float,
         default=None,
-        help="minimum class score of a segment (MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD)",
+        help="minimum class score in [0, 1] of a segment (MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD)",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run without MODEL.WEIGHTS, i.e. with an untrained model (for testing only)",
+    )
+    parser.add_argument("--mm-per-pixel", type=float, default=None, help="scale of the photos")
+    parser.add_argument("--severity", metavar="FILE.yaml", help="severity thresholds")
+    parser.add_argument(
+        "--tile", type=int, default=1024, help="tile side in px for large photos (0: no tiling)"
+    )
+    parser.add_argument("--tile-overlap", type=int, default=128, help="tile overlap in px")
+    parser.add_argument(
+        "--tile-above",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="tile photos whose longest side exceeds PX (default: 2x INPUT.MAX_SIZE_TEST)",
+    )
+    parser.add_argument(
+        "--overlay-max-side", type=int, default=2048, help="larger overlays are drawn downscaled"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="tracebacks for user errors")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
+
+
+def _unit_interval(name, value):
+    if value is not None and not (0.0 <= value <= 1.0):
+        raise UserError(f"{name} {value}: must be in [0, 1]", "a score threshold, e.g. 0.5")
+
+
+def validate_args(args):
+    """Check every argument before anything is loaded or written."""
+    _unit_interval("--confidence-threshold", args.confidence_threshold)
+    if args.mm_per_pixel is not None and not (
+        math.isfinite(args.mm_per_pixel) and args.mm_per_pixel > 0
+    ):
+        raise UserError(
+            f"--mm-per-pixel {args.mm_per_pixel}: must be a positive number",
+            "the photo's scale in millimetres per pixel, e.g. 0.1; leave it out for pixels",
+        )
+    try:
+        validate_tiling(args.tile, args.tile_overlap)
+    except ValueError as e:
+        raise UserError(str(e), "e.g. --tile 1024 --tile-overlap 128, or --tile 0") from None
+    if args.tile_above is not None and args.tile_above < 0:
+        raise UserError(f"--tile-above {args.tile_above}: must be >= 0")
+    if args.overlay_max_side < 64:
+        raise UserError(f"--overlay-max-side {args.overlay_max_side}: must be >= 64")
+    if args.severity is not None and not os.path.isfile(args.severity):
+        raise UserError(f"--severity {args.severity}: no such file", "give a severity YAML file")
+    if not os.path.isfile(args.config_file):
+        raise UserError(
+            f"--config-file {args.config_file}: no such file",
+            "e.g. --config-file configs/ConcreteDefects/detr_tiny_cpu.yaml",
+        )
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UserError(
+            f"--output {args.output} is a file, not a folder",
+            "give a folder (it is created if missing)",
+        )
+    if len(args.opts) % 2:
+        raise UserError(
+            f"config overrides {args.opts}: an odd number of items",
+            "give KEY VALUE pairs, e.g. MODEL.WEIGHTS output/run/model_final.pth",
+        )
+
+
+def _all_keys(node, prefix=""):
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            yield from _all_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
 
 
 def setup_cfg(args):
     cfg = get_cfg()
     d2_detr.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+    except Exception as e:
+        raise UserError(
+            f"--config-file {args.config_file}: cannot be read ({type(e).__name__}: {e})",
+            "give a Detectron2 YAML config of this project, e.g. "
+            "configs/ConcreteDefects/detr_tiny_cpu.yaml",
+        ) from None
+    keys = list(_all_keys(cfg))
+    for key in args.opts[0::2]:
+        if key not in keys:
+            close = closest_names(key, keys)
+            raise UserError(
+                f"config key {key!r} does not exist",
+                f"did you mean {', '.join(close)}?" if close else "see d2_detr/config.py",
+            )
+    try:
+        cfg.merge_from_list(args.opts)
+    except Exception as e:
+        raise UserError(f"config overrides: {type(e).__name__}: {e}") from None
     if args.confidence_threshold is not None:
         cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
+    for key in ("OBJECT_MASK_THRESHOLD", "OVERLAP_THRESHOLD"):
+        _unit_interval(f"MODEL.DETR.TEST.{key}", cfg.MODEL.DETR.TEST[key])
     cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
+    if not cfg.MODEL.WEIGHTS and not args.random_weights:
+        raise UserError(
+            "MODEL.WEIGHTS is not set: the demo needs a trained model",
+            "add MODEL.WEIGHTS path/to/model_final.pth after the options (or --random-weights "
+            "to see what an untrained model draws)",
+        )
+    if args.random_weights:
+        cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
     return cfg
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logger(name="d2_detr")
+    validate_args(args)
+    logger = setup_logger(name="d2_detr")
     cfg = setup_cfg(args)
-    paths = expand_inputs(args.input)
-    demo = PanopticDemo(cfg)
-    overlay_dir = os.path.join(args.output, "overlays")
-    os.makedirs(overlay_dir, exist_ok=True)
-    for path in tqdm.tqdm(paths, desc="images", unit="img", disable=args.no_progress):
-        _, overlay = demo.run_on_image(path)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        cv2.imwrite(os.path.join(overlay_dir, f"{stem}.jpg"), overlay[:, :, ::-1])
-    files = demo.report.write(args.output)
-    totals = demo.report.totals()
-    print(
-        f"{totals['images']} images, {totals['defects']} defects {totals['counts']}\n"
-        f"overlays: {overlay_dir}\nreport: {files['defects_csv']}, {files['images_csv']}, "
-        f"{files['json']}"
+    if args.severity is not None:  # checked now, loaded again by the report (names its source)
+        try:
+            load_severity(args.severity)
+        except ValueError as e:
+            raise UserError(f"--severity: {e}", "see d2_detr/inspection/severity_default.yaml")
+    photos = collect_inputs(args.input)
+    output_metadata(cfg)  # the class names must be known before the model is built
+    demo = PanopticDemo(
+        cfg,
+        weights=cfg.MODEL.WEIGHTS or None,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        tile_above=args.tile_above,
+        overlay_max_side=args.overlay_max_side,
+        progress=not args.no_progress,
+        mm_per_pixel=args.mm_per_pixel,
+        severity=args.severity,
     )
-    return demo.report
+    created = not os.path.exists(args.output)
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output {args.output}: cannot create the folder ({e.strerror})")
+    if not os.access(args.output, os.W_OK):
+        raise UserError(f"--output {args.output}: the folder is not writable")
+    for path, key in tqdm.tqdm(photos, desc="images", unit="img", disable=args.no_progress):
+        try:
+            demo.run_on_image(path, key, args.output)
+        except OSError as e:
+            logger.warning(f"skipped {key}: {e}")
+            demo.report.add_unreadable(key, str(e))
+    report = demo.report
+    unreadable = [im for im in report.images if im["status"] != "ok"]
+    if len(unreadable) == len(report.images):
+        if created and not os.listdir(args.output):
+            os.rmdir(args.output)
+        listed = "; ".join(f"{r['image']} ({r['reason']})" for r in unreadable[:5])
+        raise UserError(
+            f"none of the {len(unreadable)} input photos could be read: {listed}",
+            "nothing was written; check the files (corrupt, truncated, empty or not images)",
+        )
+    files = report.write(args.output)
+    totals = report.totals()
+    print(
+        f"{totals['images'] - len(unreadable)} images, {totals['defects']} defects "
+        f"{totals['counts']}, {len(unreadable)} unreadable (listed in images.csv)\n"
+        f"overlays: {os.path.join(args.output, 'overlays')}\nreport: {files['defects_csv']}, "
+        f"{files['images_csv']}, {files['json']}, {files['html']}"
+    )
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

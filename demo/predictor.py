@@ -1,75 +1,347 @@
-"""Run a trained DETR panoptic model over images: overlays + defect report."""
+"""Run a trained DETR panoptic model over folders of photos: overlays + defect report.
+
+Inputs are keyed by their path relative to their input root, so equal file names in different
+folders never collide; a photo that cannot be read is skipped and listed as unreadable.
+"""
 
 import glob
+import logging
 import os
 
 import d2_detr  # noqa: F401  (d2_detr.compat patches before detectron2 imports)
 
 # isort: split
+import cv2
+import numpy as np
+import torch
 from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from d2_detr.report import DefectReport
+from d2_detr.inspection import DefectReport
+from d2_detr.inspection.tiling import tiled_panoptic, upsample_labels
+from d2_detr.utils.cli import UserError
+from d2_detr.utils.io import atomic_write_bytes
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+logger = logging.getLogger("d2_detr.demo")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# the non-tiled path computes masks at most this size (longest side) and upsamples the label
+# map: finer than the model's mask-logit grid (a quarter of its ~400 px input) by > 10x, and a
+# bounded (N, H, W) float array whatever the photo's size
+MAX_MASK_SIDE = 2048
 
 
-def expand_inputs(inputs):
-    """Files, folders (their images, sorted) and glob patterns -> sorted unique image paths."""
-    paths = []
+def is_image_name(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _glob_root(pattern):
+    """The folder part of a glob pattern before its first wildcard."""
+    parts = []
+    for part in pattern.split(os.sep):
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    root = os.sep.join(parts)
+    if root == pattern:  # no wildcard at all
+        root = os.path.dirname(pattern)
+    return root or "."
+
+
+def _walk_images(folder):
+    """Image files under ``folder`` (recursive, extensions case-insensitive), sorted, plus
+    folders named like images (listed as unreadable)."""
+    found, odd = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        odd += [os.path.join(root, d) for d in dirs if is_image_name(d)]
+        found += [os.path.join(root, f) for f in sorted(files) if is_image_name(f)]
+    return found, odd
+
+
+def collect_inputs(inputs):
+    """
+    Files, folders (recursive) and glob patterns -> the photos to process.
+
+    Args:
+        inputs: list of paths / patterns as given on the command line.
+    Returns:
+        list of (path, key), unique, in input order (each folder / glob sorted). ``key`` is the
+        path relative to the common parent of the input roots (a folder, a glob's folder part,
+        a file's folder), with "/" separators: unique for distinct photos.
+    Raises:
+        UserError: an input that does not exist, or matches no image.
+    """
+    entries = []  # (abs path, root)
     for item in inputs:
         if os.path.isdir(item):
-            found = [
-                os.path.join(item, f)
-                for f in sorted(os.listdir(item))
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            ]
-        elif os.path.isfile(item):
-            found = [item]
+            found, odd = _walk_images(item)
+            found += odd
+            if not found:
+                raise UserError(
+                    f"--input {item}: the folder holds no image "
+                    f"({', '.join(IMAGE_EXTENSIONS)}, any case, searched recursively)",
+                    "give a folder of photos, image files or a glob such as 'photos/*.jpg'",
+                )
+            root = item
+        elif os.path.lexists(item):  # a file (or a dangling link: listed as unreadable)
+            found, root = [item], os.path.dirname(item) or "."
+        elif glob.has_magic(item):
+            found = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+            expanded = []
+            for f in found:
+                if os.path.isdir(f) and not is_image_name(f):
+                    expanded += _walk_images(f)[0]
+                else:
+                    expanded.append(f)
+            found = expanded
+            if not found:
+                raise UserError(
+                    f"--input {item!r}: the pattern matches no file",
+                    "check the pattern (quote it so the shell does not expand it) and the folder",
+                )
+            root = _glob_root(os.path.expanduser(item))
         else:
-            found = sorted(glob.glob(os.path.expanduser(item)))
-        if not found:
-            raise FileNotFoundError(f"--input {item!r}: no image file, folder or glob match")
-        paths.extend(found)
-    return list(dict.fromkeys(paths))
+            raise UserError(
+                f"--input {item}: no such file or folder",
+                "give image files, folders of images or glob patterns",
+            )
+        entries += [(os.path.abspath(f), os.path.abspath(root)) for f in found]
+    common = os.path.commonpath([root for _, root in entries])
+    out, seen = [], set()
+    for path, _ in entries:
+        if path not in seen:
+            seen.add(path)
+            out.append((path, os.path.relpath(path, common).replace(os.sep, "/")))
+    return out
+
+
+def read_photo(path):
+    """
+    (H, W, 3) BGR uint8 photo with its EXIF orientation applied (Detectron2's ``read_image``).
+
+    Raises:
+        OSError: with a short reason, for anything that is not a readable image.
+    """
+    if os.path.isdir(path):
+        raise OSError("a folder, not an image file")
+    if not os.path.exists(path):
+        raise OSError("dangling link" if os.path.islink(path) else "file not found")
+    if os.path.getsize(path) == 0:
+        raise OSError("empty file (0 bytes)")
+    try:
+        image = read_image(path, format="BGR")
+    except Exception as e:  # PIL raises many types for corrupt data
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise OSError(f"not a readable image ({type(e).__name__}: {reason})") from None
+    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise OSError(f"unexpected image shape {image.shape}")
+    return np.ascontiguousarray(image)
 
 
 def output_metadata(cfg):
     """Metadata of the first test (else train) dataset: class names and colours."""
-    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    for name in names:
         meta = MetadataCatalog.get(name)
         if meta.get("stuff_classes") or meta.get("thing_classes"):
             return meta
-    raise ValueError(
-        "no dataset in DATASETS.TEST/TRAIN has class names: register the dataset the model "
-        "was trained on (its metadata names the classes)"
+    raise UserError(
+        f"DATASETS.TEST / DATASETS.TRAIN {names}: no registered dataset names the classes",
+        "set DATASETS.TEST to the registered dataset the model was trained on (its metadata "
+        "holds the class names), e.g. DATASETS.TEST \"('concrete_defects_val_panoptic',)\"",
     )
 
 
-class PanopticDemo:
-    """Predict, draw the panoptic overlay and collect the defect report, one image at a time."""
+def _load_file(path):
+    try:
+        from d2_detr.utils.checkpoint_io import load_checkpoint_file
+    except ImportError:  # the safe loader not available: torch files only, tensors only
+        if path.endswith(".pkl"):
+            raise UserError(f"MODEL.WEIGHTS {path}: .pkl files are not supported here") from None
+        if not os.path.isfile(path):
+            raise UserError(f"MODEL.WEIGHTS {path}: no such file") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"MODEL.WEIGHTS {path}: not a readable checkpoint ({e})") from None
+    return load_checkpoint_file(path)
 
-    def __init__(self, cfg):
-        self.predictor = DefaultPredictor(cfg)
+
+def load_weights(model, path):
+    """
+    Load a checkpoint file into ``model`` without executing code from it.
+
+    Raises:
+        UserError: unreadable file, or weights that do not fit the model (names the keys).
+    """
+    data = _load_file(path)
+    state = data.get("model", data) if isinstance(data, dict) else data
+    if not isinstance(state, dict):
+        raise UserError(f"MODEL.WEIGHTS {path}: holds no state dict")
+    own = model.state_dict()
+    tensors, wrong = {}, []
+    for k, v in state.items():
+        if k not in own:
+            continue
+        v = torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v
+        if tuple(v.shape) != tuple(own[k].shape):
+            wrong.append(f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}")
+        tensors[k] = v
+    if wrong:
+        raise UserError(
+            f"MODEL.WEIGHTS {path} does not fit this config: {len(wrong)} shape mismatch(es), "
+            f"e.g. {'; '.join(wrong[:3])}",
+            "use the config the model was trained with (e.g. MODEL.DETR.NUM_CLASSES, "
+            "HIDDEN_DIM, NUM_OBJECT_QUERIES)",
+        )
+    if not tensors:
+        raise UserError(
+            f"MODEL.WEIGHTS {path}: none of its {len(state)} keys are parameters of this model",
+            "convert official DETR checkpoints first (tools/convert_detr_checkpoint.py)",
+        )
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        logger.warning(f"{len(missing)} model parameters not in {path}, e.g. {missing[:3]}")
+    model.load_state_dict(tensors, strict=False)
+
+
+class ModelPredictor:
+    """
+    The model with its test-time resize, on one BGR image: ``(image) -> (panoptic_seg,
+    segments_info)`` with ``panoptic_seg`` an (H, W) int32 numpy array at the image's size.
+    """
+
+    def __init__(self, cfg, weights=None):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if weights:
+            load_weights(self.model, weights)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+        self.min_area = cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA
+
+    def __call__(self, image, max_mask_side=MAX_MASK_SIDE):
+        """``max_mask_side``: masks are computed at most this size, then upsampled (nearest)."""
+        h, w = image.shape[:2]
+        scale = min(1.0, max_mask_side / max(h, w))
+        out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        with torch.inference_mode():
+            pred = self.model([{"image": tensor, "height": out_h, "width": out_w}])[0]
+        seg, info = pred["panoptic_seg"]
+        seg = seg.to("cpu").numpy().astype(np.int32, copy=False)
+        return upsample_labels(seg, (h, w)), info
+
+
+def should_tile(shape, cfg, tile, tile_above=None):
+    """
+    Tiling on by default when the photo's longest side exceeds twice the model's test size
+    (``INPUT.MAX_SIZE_TEST``): resized as a whole it would shrink by more than 2x and a 2 px
+    crack would become sub-pixel at the model's input. ``tile_above`` overrides the bound.
+    """
+    if tile <= 0:
+        return False
+    bound = 2 * cfg.INPUT.MAX_SIZE_TEST if tile_above is None else tile_above
+    return max(shape[:2]) > max(bound, tile)
+
+
+def overlay_path(output, key):
+    """Overlay file mirroring ``key`` under ``output/overlays`` (same extension as the photo
+    when OpenCV can write it, else ``<key>.jpg``)."""
+    ext = os.path.splitext(key)[1].lower()
+    name = key if ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff") else key + ".jpg"
+    return os.path.join(output, "overlays", *name.split("/"))
+
+
+class PanopticDemo:
+    """Predict (tiled for large photos), draw the overlay and collect the report, per photo."""
+
+    def __init__(
+        self,
+        cfg,
+        weights=None,
+        tile=1024,
+        tile_overlap=128,
+        tile_above=None,
+        overlay_max_side=2048,
+        progress=True,
+        mm_per_pixel=None,
+        severity=None,
+    ):
+        """``mm_per_pixel``, ``severity`` (YAML path or None: defaults): see
+        :class:`d2_detr.inspection.DefectReport`."""
+        self.cfg = cfg
+        self.predictor = ModelPredictor(cfg, weights)
         self.metadata = output_metadata(cfg)
         classes = self.metadata.get("stuff_classes") or self.metadata.thing_classes
-        self.report = DefectReport(classes, self.metadata.get("thing_classes", classes))
+        self.report = DefectReport(
+            classes,
+            self.metadata.get("thing_classes", classes),
+            mm_per_pixel=mm_per_pixel,
+            severity=severity,
+        )
+        self.tile, self.tile_overlap, self.tile_above = tile, tile_overlap, tile_above
+        self.overlay_max_side = overlay_max_side
+        self.progress = progress
 
-    def run_on_image(self, path):
-        """
-        Returns:
-            predictions (model output dict) and the overlay as an (H, W, 3) RGB uint8 array.
-        """
-        try:
-            image = read_image(path, format="BGR")
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read the image ({e})") from e
-        predictions = self.predictor(image)
-        panoptic_seg, segments_info = predictions["panoptic_seg"]
-        panoptic_seg = panoptic_seg.to("cpu")
+    def predict(self, image):
+        """(H, W, 3) BGR -> (panoptic_seg (H, W) int32 numpy, segments_info), tiled if large."""
+        if should_tile(image.shape, self.cfg, self.tile, self.tile_above):
+            return tiled_panoptic(
+                self.predictor,
+                image,
+                self.tile,
+                self.tile_overlap,
+                self.predictor.min_area,
+                self.progress,
+            )
+        return self.predictor(image)
+
+    def draw(self, image, panoptic_seg, segments_info):
+        """RGB overlay; photos larger than ``overlay_max_side`` are drawn downscaled."""
+        h, w = image.shape[:2]
+        scale = min(1.0, self.overlay_max_side / max(h, w))
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            panoptic_seg = upsample_labels(panoptic_seg, (size[1], size[0]))
         visualizer = Visualizer(image[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE)
-        overlay = visualizer.draw_panoptic_seg(panoptic_seg, segments_info).get_image()
-        self.report.add(os.path.basename(path), panoptic_seg.numpy(), segments_info)
-        return predictions, overlay
+        seg = torch.as_tensor(np.ascontiguousarray(panoptic_seg))
+        return visualizer.draw_panoptic_seg(seg, segments_info).get_image()
+
+    def run_on_image(self, path, key=None, output=None):
+        """
+        Predict one photo, add it to the report (keyed by ``key``), write its overlay under
+        ``output`` if given.
+
+        Returns:
+            (panoptic_seg, segments_info) and the overlay as an (H, W, 3) RGB uint8 array.
+        Raises:
+            OSError: the photo cannot be read (nothing is added to the report).
+        """
+        key = key or os.path.basename(path)
+        image = read_photo(path)
+        panoptic_seg, segments_info = self.predict(image)
+        overlay = self.draw(image, panoptic_seg, segments_info)
+        del image
+        relative = None
+        if output is not None:
+            target = overlay_path(output, key)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            ok, data = cv2.imencode(os.path.splitext(target)[1].lower(), overlay[:, :, ::-1])
+            if not ok:
+                raise RuntimeError(f"cannot encode the overlay of {key}")
+            atomic_write_bytes(target, data.tobytes())
+            relative = os.path.relpath(target, output).replace(os.sep, "/")
+        self.report.add(key, panoptic_seg, segments_info, overlay=relative)
+        return (panoptic_seg, segments_info), overlay
