@@ -402,3 +402,109 @@ def test_cli_converts_and_refuses_existing_out(tmp_path, data_sample_raw, data_c
     assert "already exists" in capsys.readouterr().err
     assert main(argv + ["--overwrite", "--class-suffixes", "crack,spall"]) == 2
     assert "00044rebar.jpg: unknown class suffix" in capsys.readouterr().err
+
+
+# --- masks of any bit depth / colour type (the rule of d2_detr/data/conversion/masks.py) ----
+
+
+def two_boxes(strong, weak, dtype=np.uint8, channels=None):
+    """(48, 64[, C]) mask: box A (20x15 = 300 px) holds ``strong``, box B (22x18) ``weak``."""
+    shape = (48, 64) if channels is None else (48, 64, channels)
+    m = np.zeros(shape, dtype)
+    m[5:20, 5:25] = strong
+    m[26:44, 36:58] = weak
+    return m
+
+
+def write_palette(path, indices, colours):
+    img = Image.fromarray(indices.astype(np.uint8), mode="P")
+    img.putpalette([c for colour in colours for c in colour] + [0] * (768 - 3 * len(colours)))
+    img.save(path)
+
+
+@pytest.mark.parametrize(
+    "case,expected_areas",
+    [
+        # 16-bit: 40000 >= 32896 (= 128 * 257) is defect, 20000 is not (was: clamped, both).
+        ("uint16", [300]),
+        # the same 16-bit mask with --threshold 0.25 (16384 of 65535): both boxes
+        ("uint16_fraction", [300, 396]),
+        # 8-bit 0/1 PNG: binary, both boxes (was: read as empty)
+        ("binary01", [300, 396]),
+        ("binary01_uint16", [300, 396]),
+        # 8-bit grey: 200 >= 128 defect, 100 not
+        ("uint8", [300]),
+        # palette PNG -> its colours -> brightest channel: red (255, 0, 0) is defect although its
+        # luminance is 76; dark grey (60, 60, 60) is not
+        ("palette", [300]),
+        # RGB: pure green (0, 255, 0) defect, dark blue (0, 0, 90) not
+        ("rgb", [300]),
+        # RGBA: opaque white defect, transparent white background
+        ("rgba", [300]),
+        # grey + alpha: the same through the 2-channel path
+        ("grey_alpha", [300]),
+    ],
+)
+def test_mask_bit_depths_and_colour_types(tmp_path, case, expected_areas):
+    import cv2
+
+    raw = make_raw(tmp_path / "raw", {"a.jpg": surface()}, {})
+    path = os.path.join(raw, "masks", "aspall.png")
+    kw = {}
+    if case in ("uint16", "uint16_fraction"):
+        cv2.imwrite(path, two_boxes(40000, 20000, np.uint16))
+        kw = {"threshold": 0.25} if case == "uint16_fraction" else {}
+    elif case == "binary01":
+        Image.fromarray(two_boxes(1, 1)).save(path)
+    elif case == "binary01_uint16":
+        cv2.imwrite(path, two_boxes(1, 1, np.uint16))
+    elif case == "uint8":
+        Image.fromarray(two_boxes(200, 100)).save(path)
+    elif case == "palette":
+        write_palette(path, two_boxes(1, 2), [(0, 0, 0), (255, 0, 0), (60, 60, 60)])
+    elif case == "rgb":
+        Image.fromarray(two_boxes((0, 255, 0), (0, 0, 90), channels=3)).save(path)
+    elif case == "rgba":
+        m = two_boxes((255, 255, 255, 255), (255, 255, 255, 0), channels=4)
+        Image.fromarray(m, mode="RGBA").save(path)
+    elif case == "grey_alpha":
+        m = two_boxes((255, 255), (255, 0), channels=2)
+        Image.fromarray(m, mode="LA").save(path)
+    decoded = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # the file really has that type
+    assert decoded.dtype == (np.uint16 if "uint16" in case else np.uint8), case
+    s = convert(raw, tmp_path / "out", val_fraction=0, **kw)
+    assert s["instances"]["spall"] == len(expected_areas)
+    _, ins = load_split(str(tmp_path / "out"), "train")
+    assert sorted(a["area"] for a in ins["annotations"]) == expected_areas
+    boxes = sorted(a["bbox"] for a in ins["annotations"])
+    assert boxes[0] == [5, 5, 20, 15]
+    if len(boxes) == 2:
+        assert boxes[1] == [36, 26, 22, 18]
+
+
+@pytest.mark.parametrize("threshold,limit", [(128, 128), (1, 1), (255, 255), (0.5, 127.5)])
+def test_threshold_scale_is_exact_at_the_limit(tmp_path, threshold, limit):
+    """8-bit values just below / at the limit; 16-bit values = 8-bit * 257 behave the same."""
+    from d2_detr.data.conversion import read_mask
+
+    values = np.arange(256, dtype=np.uint8)[None].repeat(4, 0)
+    Image.fromarray(values).save(tmp_path / "m8.png")
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "m16.png"), values.astype(np.uint16) * 257)
+    for name in ("m8.png", "m16.png"):
+        got = read_mask(str(tmp_path / name), threshold)[0]
+        assert (got == (np.arange(256) >= limit)).all(), (name, threshold)
+
+
+def test_mask_exif_orientation_is_applied_like_the_image(tmp_path):
+    """A JPEG mask stored rotated with EXIF orientation 6 lines up with the rotated image."""
+    from d2_detr.data.conversion import read_mask
+
+    upright = blob_mask(boxes=((4, 30, 12, 10),))  # (48, 64), box near the bottom left
+    stored = np.rot90(upright, 1).copy()  # what a camera stores for orientation 6: (64, 48)
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray(stored).save(tmp_path / "m.jpg", quality=95, exif=exif)
+    got = read_mask(str(tmp_path / "m.jpg"))
+    assert got.shape == upright.shape and (got == (upright > 0)).mean() > 0.99

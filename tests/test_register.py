@@ -178,3 +178,47 @@ def test_visualizer_labels_things_and_stuff(data_registered_synthetic):
     labels = [t.get_text() for t in vis.output.ax.texts]
     names = {"rebar", "spall", "crack", "background"}
     assert any(t.split()[0] in names for t in labels if t)
+
+
+def test_class_priority_comes_from_the_converted_dataset(data_synthetic_raw, tmp_path):
+    """The converter's --class-priority is the one source: registration turns the names stored
+    in conversion_summary.json into contiguous thing ids (rebar 0, spall 1, crack 2)."""
+    from d2_detr.data.conversion import convert_concrete_dataset
+
+    root = tmp_path / "cd"
+    try:
+        # no dataset yet: the converter's default, crack > rebar > spall
+        register_concrete_defects(root, name_prefix="prio_test")
+        assert MetadataCatalog.get("prio_test_train_panoptic").class_priority == [2, 0, 1]
+        convert_concrete_dataset(
+            data_synthetic_raw,
+            root,
+            workers=1,
+            progress=False,
+            class_priority=("spall", "crack", "rebar"),
+        )
+        register_concrete_defects(root, name_prefix="prio_test")
+        for split in ("train", "val", "test"):
+            meta = MetadataCatalog.get(f"prio_test_{split}_panoptic")
+            assert meta.class_priority == [1, 2, 0]
+            assert [meta.thing_classes[i] for i in meta.class_priority] == [
+                "spall",
+                "crack",
+                "rebar",
+            ]
+        # a generic dataset: names given at registration, [] when none
+        meta = panoptic_metadata(d2_detr.data.categories.CONCRETE_DEFECT_CATEGORIES)
+        register_panoptic_dataset(
+            "prio_generic", meta, "i", "p", "j.json", class_priority=["rebar"]
+        )
+        assert MetadataCatalog.get("prio_generic").class_priority == [0]
+        register_panoptic_dataset("prio_generic", meta, "i", "p", "j.json")
+        assert MetadataCatalog.get("prio_generic").class_priority == []
+        with pytest.raises(ValueError, match="dent"):
+            register_panoptic_dataset(
+                "prio_generic", meta, "i", "p", "j.json", class_priority=["dent"]
+            )
+    finally:
+        for name in [n for n in DatasetCatalog.list() if n.startswith("prio_")]:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
