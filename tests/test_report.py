@@ -1,4 +1,5 @@
-"""Defect report: rows, per-image counts, CSV and JSON agree with hand-made segments."""
+"""Defect report: rows, measurements, grades, per-image counts, CSV and JSON agree with
+hand-made segments."""
 
 import csv
 import json
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from d2_detr.report import DefectReport, defects_from_panoptic
+from d2_detr.inspection import DefectReport, defects_from_panoptic
 
 CLASSES = ["rebar", "spall", "crack", "background"]
 
@@ -64,7 +65,70 @@ def test_report_files(tmp_path):
         "images": 2,
         "images_with_defects": 1,
         "defects": 2,
+        "images_unreadable": 0,
         "counts": {"rebar": 1, "spall": 0, "crack": 1},
+        "grades": {"rebar": {"exposed": 1}, "crack": {"ungraded (no scale)": 1}},
     }
     assert data["images"][0]["defects"][0]["bbox_x1"] == 15
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _crack_image():
+    pan = np.zeros((60, 120), dtype=np.int32)
+    pan[20:24, 10:110] = 5  # a horizontal crack, 4 px wide, 100 px long
+    pan[40:50, 30:60] = 6  # a 10 x 30 px spall
+    infos = [
+        {"id": 5, "category_id": 2, "isthing": True, "score": 0.8},
+        {"id": 6, "category_id": 1, "isthing": True, "score": 0.7},
+    ]
+    return pan, infos
+
+
+def test_measurements_mm_and_grades(tmp_path):
+    pan, infos = _crack_image()
+    report = DefectReport(CLASSES, defect_classes=CLASSES[:3], mm_per_pixel=0.1)
+    crack, spall = report.add("sub/c.jpg", pan, infos, overlay="overlays/sub/c.jpg")
+    assert crack["width_mean_px"] == pytest.approx(4, abs=0.05)
+    assert crack["length_px"] == pytest.approx(100, abs=0.5)
+    assert crack["width_max_mm"] == pytest.approx(0.4, abs=0.01)
+    assert crack["grade"] == "medium" and crack["grade_level"] == 2  # 0.3 <= 0.4 < 1.0 mm
+    assert spall["area_mm2"] == pytest.approx(300 * 0.01) and spall["grade"] == "small"
+    assert report.images[0]["worst_grade"] == "crack: medium"
+    report.add_unreadable("sub/broken.jpg", "cannot decode the file")
+    paths = report.write(str(tmp_path))
+    rows = list(csv.DictReader(open(paths["defects_csv"])))
+    assert [r["grade"] for r in rows] == ["medium", "small"]
+    assert float(rows[0]["width_max_mm"]) == pytest.approx(0.4, abs=0.01)
+    images = list(csv.DictReader(open(paths["images_csv"])))
+    assert [(i["image"], i["status"]) for i in images] == [
+        ("sub/c.jpg", "ok"),
+        ("sub/broken.jpg", "unreadable"),
+    ]
+    assert images[1]["reason"] == "cannot decode the file"
+    assert images[0]["worst_grade"] == "crack: medium"
+    data = json.load(open(paths["json"]))
+    assert data["mm_per_pixel"] == 0.1 and data["totals"]["images_unreadable"] == 1
+    assert data["totals"]["grades"] == {"crack": {"medium": 1}, "spall": {"small": 1}}
+    assert data["severity"]["rules"]["crack"]["grades"][1]["min"] == 0.1
+
+
+def test_without_scale_pixels_only(tmp_path):
+    pan, infos = _crack_image()
+    report = DefectReport(CLASSES, defect_classes=CLASSES[:3])
+    crack, spall = report.add("c.jpg", pan, infos)
+    assert crack["length_mm"] is None and crack["area_mm2"] is None
+    assert crack["grade"] == "ungraded (no scale)" and spall["grade"] == "ungraded (no scale)"
+    paths = report.write(str(tmp_path))
+    data = json.load(open(paths["json"]))
+    assert data["mm_per_pixel"] is None and "pixels only" in data["units_note"]
+    assert "pixels only" in open(paths["html"]).read()
+    rows = list(csv.DictReader(open(paths["defects_csv"])))
+    assert rows[0]["length_mm"] == "" and float(rows[0]["length_px"]) == pytest.approx(100, abs=1)
+
+
+def test_bad_scale_and_old_import_path():
+    with pytest.raises(ValueError, match="mm_per_pixel"):
+        DefectReport(CLASSES, mm_per_pixel=0)
+    from d2_detr.report import DefectReport as Old
+
+    assert Old is DefectReport

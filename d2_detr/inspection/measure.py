@@ -184,6 +184,17 @@ def _median_filter_1d(values, size):
     return ndimage.median_filter(values, size=size, mode="nearest")
 
 
+def _body(path, across):
+    """The width samples away from the ends: within about half a width of a tip the line across
+    runs through the rounded, tapered or forked end, not across the crack."""
+    if len(path) < 3:
+        return across
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    zone = 0.5 * float(np.median(across)) + 1.0
+    keep = (s >= zone) & (s <= s[-1] - zone)
+    return across[keep] if keep.sum() >= 3 else across
+
+
 def _orientation(points):
     """Principal direction of (n, 2) (y, x) points -> degrees in [0, 180), 0 = horizontal."""
     centred = points - points.mean(axis=0)
@@ -251,7 +262,7 @@ def measure_defect(mask, kind, mm_per_pixel=None):
         if bad.any():  # a smoothed point fell outside a 1-px crack: the EDT at its skeleton pixel
             py, px = path[bad, 0].astype(int), path[bad, 1].astype(int)
             across[bad] = 2.0 * sdf[py, px]
-        widths.append(across)
+        widths.append(_body(smooth, across))
         if longest is None:
             longest = smooth
 
