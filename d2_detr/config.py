@@ -100,3 +100,27 @@ def add_detr_config(cfg):
     cfg.INPUT.CROP.TYPE = "absolute_range"
     cfg.INPUT.CROP.SIZE = (384, 600)
     cfg.INPUT.RANDOM_FLIP = "horizontal"
+    # Photometric augmentation after the geometric one (image only; see
+    # data/dataset_mappers/photometric.py): each factor drawn from [1 - x, 1 + x]; noise std
+    # in grey levels drawn from [0, NOISE]; Gaussian blur (sigma in BLUR_SIGMA) with BLUR_PROB
+    cfg.INPUT.PHOTOMETRIC = CN({"ENABLED": False})
+    cfg.INPUT.PHOTOMETRIC.BRIGHTNESS = 0.3
+    cfg.INPUT.PHOTOMETRIC.CONTRAST = 0.3
+    cfg.INPUT.PHOTOMETRIC.SATURATION = 0.3
+    cfg.INPUT.PHOTOMETRIC.WHITE_BALANCE = 0.08  # per-channel gain
+    cfg.INPUT.PHOTOMETRIC.BLUR_PROB = 0.2
+    cfg.INPUT.PHOTOMETRIC.BLUR_SIGMA = (0.3, 1.2)
+    cfg.INPUT.PHOTOMETRIC.NOISE = 6.0
+    # Copy-paste of defect instances (Ghiasi et al. 2021, "Simple Copy-Paste"; see
+    # data/dataset_mappers/copy_paste.py): with PROB, things of another training image (each
+    # kept with probability 0.5, at least one), scaled by a factor from SCALE, flipped half the
+    # time, placed at random, are pasted on top; what they cover leaves the other masks
+    cfg.INPUT.COPY_PASTE = CN({"ENABLED": False})
+    cfg.INPUT.COPY_PASTE.PROB = 0.5
+    cfg.INPUT.COPY_PASTE.SCALE = (0.5, 1.5)
+    cfg.INPUT.COPY_PASTE.MAX_OBJECTS = 4
+    # Exponential moving average of the weights (engine/ema.py), used for evaluation and saved
+    # as the inference model (model_final.pth); WARMUP: decay min(DECAY, (1 + n) / (10 + n))
+    cfg.MODEL.EMA = CN({"ENABLED": False})
+    cfg.MODEL.EMA.DECAY = 0.999
+    cfg.MODEL.EMA.WARMUP = True
