@@ -263,3 +263,201 @@ def test_bad_records_name_the_file(tiny, tmp_path):
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(small)
     with pytest.raises(ValueError, match="train0000.jpg"):
         mapper({**record, "pan_seg_file_name": str(small)})
+
+
+# ---------------------------------------------------------------------------------------------
+# copy-paste and photometric augmentation
+
+
+def _square_ids(h, w, boxes):
+    """(H, W) id map: background 1000, segment 10 + k over box k (x0, y0, x1, y1), later on top."""
+    ids = np.full((h, w), 1000, np.int32)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        ids[y0:y1, x0:x1] = 10 + k
+    return ids
+
+
+def test_paste_segments_occludes_and_adds_targets():
+    from d2_detr.data.dataset_mappers.copy_paste import paste_segments
+
+    image = np.full((40, 60, 3), 100, np.uint8)
+    ids = _square_ids(40, 60, [(5, 5, 25, 25), (40, 10, 50, 20)])
+    segments = [
+        {"id": 1000, "category_id": 3, "isthing": False},
+        {"id": 10, "category_id": 1, "isthing": True},
+        {"id": 11, "category_id": 0, "isthing": True},
+    ]
+    src_image = np.zeros((20, 20, 3), np.uint8)
+    src_image[..., 0] = np.arange(20)[None] * 10  # a gradient: pasted pixels are recognisable
+    src_ids = _square_ids(20, 20, [(0, 0, 10, 10), (12, 12, 18, 18)])
+    src_segments = [{"id": 10, "category_id": 2, "isthing": True}]  # only the first is pasted
+    out_img, out_ids, out_segs = paste_segments(
+        image, ids, segments, src_image, src_ids, src_segments, offset=(20, 15)
+    )
+    assert image[0, 0, 0] == 100 and ids[20, 20] == 10  # inputs untouched
+    new = out_segs[-1]
+    assert new["category_id"] == 2 and new["id"] > 1000 and len(out_segs) == 4
+    pasted = out_ids == new["id"]
+    assert pasted.sum() == 100 and pasted[15:25, 20:30].all()
+    assert np.array_equal(out_img[15:25, 20:30], src_image[0:10, 0:10])
+    assert (out_img[~pasted] == 100).all()
+    # the occluded corner of segment 10 left its mask; boxes follow the remaining pixels
+    inst = DetrPanopticDatasetMapper.panoptic_instances(out_ids, out_segs, (40, 60))
+    assert inst.gt_classes.tolist() == [3, 1, 0, 2]
+    masks = inst.gt_masks.tensor.numpy()
+    expected_10 = (ids == 10) & ~pasted
+    assert np.array_equal(masks[1], expected_10) and expected_10.sum() == 400 - 5 * 10
+    assert masks.sum(0).max() == 1  # no pixel in two targets
+    assert inst.gt_boxes.tensor[3].tolist() == [20, 15, 30, 25]
+    assert inst.gt_boxes.tensor[1].tolist() == [5, 5, 25, 25]  # still spans its L shape
+    # a segment covered completely disappears from the targets
+    cover = np.zeros((12, 12), np.int32) + 7
+    _, ids2, segs2 = paste_segments(
+        image, ids, segments, np.zeros((12, 12, 3), np.uint8), cover,
+        [{"id": 7, "category_id": 2, "isthing": True}], offset=(39, 9),
+    )  # fmt: skip
+    inst2 = DetrPanopticDatasetMapper.panoptic_instances(ids2, segs2, (40, 60))
+    assert inst2.gt_classes.tolist() == [3, 1, 2]
+
+
+def test_paste_segments_empty_cases():
+    from d2_detr.data.dataset_mappers.copy_paste import paste_segments
+
+    image = np.full((30, 30, 3), 50, np.uint8)
+    ids = _square_ids(30, 30, [(2, 2, 8, 8)])
+    segments = [{"id": 1000, "category_id": 3}, {"id": 10, "category_id": 1}]
+    src_img, src_ids = np.zeros((10, 10, 3), np.uint8), _square_ids(10, 10, [(0, 0, 5, 5)])
+    seg = [{"id": 10, "category_id": 2}]
+    for offset, src_segments in [
+        ((40, 0), seg),  # outside the image
+        ((-10, -10), seg),  # outside on the other side
+        ((0, 0), []),  # nothing chosen
+        ((0, 0), [{"id": 99, "category_id": 2}]),  # a segment with no pixels
+    ]:
+        out_img, out_ids, out_segs = paste_segments(
+            image, ids, segments, src_img, src_ids, src_segments, offset
+        )
+        assert np.array_equal(out_img, image) and np.array_equal(out_ids, ids)
+        assert out_segs == segments
+    # partly outside: only the part inside is pasted
+    _, out_ids, out_segs = paste_segments(image, ids, segments, src_img, src_ids, seg, (27, 27))
+    assert (out_ids == out_segs[-1]["id"]).sum() == 9
+
+
+def test_target_without_things_gets_pasted_things():
+    from d2_detr.data.dataset_mappers.copy_paste import draw_paste, paste_segments
+
+    np.random.seed(0)
+    image = np.full((32, 48, 3), 80, np.uint8)
+    ids = np.full((32, 48), 1000, np.int32)
+    segments = [{"id": 1000, "category_id": 3}]
+    src_ids = _square_ids(64, 96, [(10, 10, 30, 20), (50, 40, 70, 60)])
+    src_segments = [{"id": 10, "category_id": 0}, {"id": 11, "category_id": 1}]
+    placed = 0
+    for _ in range(20):
+        choice = draw_paste(src_segments, src_ids, (32, 48), (0.8, 1.2), max_objects=1)
+        assert len(choice["segments"]) == 1 and 0.4 <= choice["scale"] <= 0.6
+        from d2_detr.data.dataset_mappers.copy_paste import transform_source
+
+        src_img, sids = transform_source(
+            np.zeros((64, 96, 3), np.uint8), src_ids, choice["scale"], choice["flip"]
+        )
+        _, out_ids, out_segs = paste_segments(
+            image, ids, segments, src_img, sids, choice["segments"], choice["offset"]
+        )
+        pasted = out_ids == out_segs[-1]["id"]
+        # the chosen object's box lands inside the image: the whole object is pasted
+        expected_area = (sids == choice["segments"][0]["id"]).sum()
+        assert len(out_segs) == 2 and pasted.sum() == expected_area > 0
+        placed += 1
+    assert placed == 20
+
+
+def _mapper(**kw):
+    return DetrPanopticDatasetMapper(True, augmentations=[], image_format="RGB", **kw)
+
+
+def test_mapper_copy_paste_is_consistent_and_seeded(tiny):
+    recs = records(tiny, "train")
+    mapper = _mapper(copy_paste_pool=recs, copy_paste_prob=1.0, copy_paste_scale=(0.7, 1.3))
+    plain = _mapper()
+    seen = {}
+    paste = mapper.copy_paste
+
+    def spy(image, pan_ids, segments):  # remember which segments were pasted
+        out = paste(image, pan_ids, segments)
+        seen["ids"], seen["new"] = out[1], [s["id"] for s in out[2][len(segments) :]]
+        return out
+
+    mapper.copy_paste = spy
+    pasted_any = 0
+    for seed in range(12):
+        rec = recs[seed % len(recs)]
+        np.random.seed(seed)
+        out = mapper(rec)
+        new_union = torch.from_numpy(np.isin(seen["ids"], seen["new"]))
+        np.random.seed(seed)
+        again = mapper(rec)
+        assert torch.equal(out["image"], again["image"])  # seeded: same sample, same result
+        assert torch.equal(out["instances"].gt_masks.tensor, again["instances"].gt_masks.tensor)
+        inst, base = out["instances"], plain(rec)
+        masks = inst.gt_masks.tensor
+        assert masks.sum(0).max() <= 1 and masks.flatten(1).any(1).all()
+        for k in range(len(inst)):  # boxes are the tight boxes of the (occluded) masks
+            ys, xs = np.nonzero(masks[k].numpy())
+            box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert inst.gt_boxes.tensor[k].tolist() == pytest.approx(box)
+        # pasted segments are targets; the originals lost exactly the pixels pasted over
+        n_new = len(seen["new"])
+        assert len(inst) >= n_new and torch.equal(masks[len(inst) - n_new :].any(0), new_union)
+        for k in range(len(inst) - n_new):
+            assert not (masks[k] & new_union).any()
+        # the image changed only where things were pasted, and shows them
+        changed = (out["image"] != base["image"]).any(0)
+        assert not (changed & ~new_union).any()
+        assert (changed & new_union).sum() >= 0.5 * new_union.sum()
+        pasted_any += n_new > 0
+    assert pasted_any >= 10  # probability 1: nearly every image got pasted things
+
+
+def test_mapper_photometric_changes_only_the_image(tiny):
+    cfg = _cfg(**{"INPUT.PHOTOMETRIC.ENABLED": True, "INPUT.PHOTOMETRIC.NOISE": 8.0})
+    augs = DetrPanopticDatasetMapper.from_config(cfg, True)["photometric"]
+    assert [type(a).__name__ for a in augs] == ["RandomPhotometricOrder"]
+    assert [type(a).__name__ for a in augs[0].augs] == [
+        "RandomBrightness",
+        "RandomContrast",
+        "RandomSaturation",
+        "RandomWhiteBalance",
+        "RandomGaussianBlur",
+        "RandomGaussianNoise",
+    ]
+    assert DetrPanopticDatasetMapper.from_config(_cfg(), True)["photometric"] == []
+    assert "photometric" not in DetrPanopticDatasetMapper.from_config(cfg, False)
+    mapper, plain = _mapper(photometric=augs), _mapper()
+    rec = records(tiny, "train")[2]
+    np.random.seed(1)
+    out = mapper(rec)
+    base = plain(rec)
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == base["image"].shape
+    assert (out["image"].float() - base["image"].float()).abs().mean() > 2
+    assert torch.equal(out["instances"].gt_masks.tensor, base["instances"].gt_masks.tensor)
+    assert torch.equal(out["instances"].gt_boxes.tensor, base["instances"].gt_boxes.tensor)
+    np.random.seed(1)
+    assert torch.equal(mapper(rec)["image"], out["image"])
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("INPUT.PHOTOMETRIC.BRIGHTNESS", 1.5),
+        ("INPUT.PHOTOMETRIC.BLUR_SIGMA", (2.0, 1.0)),
+        ("INPUT.COPY_PASTE.SCALE", (0.0, 1.0)),
+        ("INPUT.COPY_PASTE.PROB", 2.0),
+    ],
+)
+def test_bad_augmentation_config_names_the_key(key, value):
+    group = key.rsplit(".", 1)[0]
+    cfg = _cfg(**{key: value, group + ".ENABLED": True, "DATASETS.TRAIN": ()})
+    with pytest.raises(ValueError, match=group.replace(".", r"\.")):
+        DetrPanopticDatasetMapper.from_config(cfg, True)
