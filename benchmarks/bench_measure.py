@@ -4,8 +4,9 @@ Accuracy of ``d2_detr.inspection.measure_defect`` on drawn shapes of known geome
     python -m benchmarks.bench_measure [--quick] [--seed 0]
 
 Shapes (centre line + constant width ``w``, round ends, so the true tip-to-tip length is the
-centre-line length + w): straight bands at every orientation, circular arcs, sine waves and
-branching (Y) cracks, for w = 1-20 px, each drawn two ways:
+centre-line length + w): straight bands at every orientation, circular arcs (radius 50-90 px),
+sine waves (tightest bend radius >= w) and branching (Y) cracks (main length = the longer
+tip-to-tip path), for w = 1-20 px, each drawn two ways:
 
 * ``aa``: exact anti-aliased coverage (4 x 4 supersampling, random sub-pixel position),
   thresholded at 0.5;
@@ -99,7 +100,10 @@ def shapes(rng, quick=False):
             t = np.linspace(start, start + span, 400)
             pts = np.stack([110 + radius * np.cos(t), 110 + radius * np.sin(t)], 1)
             yield "arc", w, [pts], radius * span
-            amp, period = rng.uniform(8, 20), rng.uniform(80, 140)
+            # a tube: the tightest bend (radius period^2 / (4 pi^2 amp)) at least w, else the
+            # inner edge folds over itself and the mask has no recoverable centre line
+            period = rng.uniform(80, 140)
+            amp = min(rng.uniform(8, 20), period**2 / (4 * math.pi**2 * w))
             x = np.linspace(20, 200, 2000)
             pts = np.stack([x, 110 + amp * np.sin(2 * math.pi * x / period)], 1)
             rot = rng.uniform(0, math.pi)
