@@ -31,9 +31,8 @@ class _CoreForward(torch.nn.Module):
 
     def forward(self, image):
         images, mask = self.model.preprocess_image([{"image": image}])
-        outputs, extras = self.model.detect(images, mask)
-        masks = self.model.predict_masks(extras)
-        return outputs["pred_logits"], outputs["pred_boxes"], masks
+        out = self.model.forward_raw(images.tensor, mask)
+        return out["pred_logits"], out["pred_boxes"], out["pred_masks"]
 
 
 def count_flops(model, image):

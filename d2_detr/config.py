@@ -40,48 +40,62 @@ def add_detr_config(cfg):
     cfg.MODEL.DETR.COST_CLASS = 1.0
     cfg.MODEL.DETR.COST_BBOX = 5.0
     cfg.MODEL.DETR.COST_GIOU = 2.0
-    # Optional mask cost in the matcher (0 disables it; DETR matches on boxes only)
+    # Optional mask costs in the matcher (0 disables them; DETR matches on boxes only), on
+    # MATCHER_NUM_POINTS random points
     cfg.MODEL.DETR.COST_MASK = 0.0
     cfg.MODEL.DETR.COST_DICE = 0.0
     cfg.MODEL.DETR.MATCHER_NUM_POINTS = 12544
-    # Dense class supervision of the encoder memory (see modeling/dense_class_loss.py), a
-    # from-scratch training aid; 0 disables it (DETR)
-    cfg.MODEL.DETR.DENSE_CLASS_WEIGHT = 0.0
-    # maps it supervises: "memory" (encoder output) and/or backbone levels ("res2".."res5")
-    cfg.MODEL.DETR.DENSE_CLASS_IN_FEATURES = ["memory"]
 
-    # Panoptic mask head; FREEZE_DETECTOR trains only the mask head (DETR's two-stage recipe)
+    # Panoptic mask head; FREEZE_DETECTOR trains only the mask head (DETR's two-stage recipe).
+    # MASK_HEAD names a head of d2_detr/modeling/mask_heads: "detr", DETR's per-query
+    # attention-map + conv head (official checkpoints); "dot_product", per-pixel embeddings from
+    # a small FPN times per-query embeddings (MaskFormer's mask prediction): every query and
+    # decoder layer gets masks cheaply
     cfg.MODEL.DETR.MASK_ON = True
-    # Multiply the mask head's attention maps by H*W (see MHAttentionMap): needed to learn masks
-    # from scratch; off reproduces official DETR exactly.
-    cfg.MODEL.DETR.MASK_ATTENTION_RESCALE = False
-    # "detr": DETR's per-query attention-map + conv head (official checkpoints); "dot_product":
-    # per-pixel embeddings from a small FPN times per-query embeddings (MaskFormer's mask
-    # prediction, see modeling/pixel_decoder.py): every query and decoder layer gets masks cheaply
     cfg.MODEL.DETR.MASK_HEAD = "detr"
-    # channels of the dot-product head's FPN and embeddings
-    cfg.MODEL.DETR.MASK_DIM = 256
     cfg.MODEL.DETR.FREEZE_DETECTOR = False
+    # the dot-product head (MASK_HEAD "dot_product") only
+    cfg.MODEL.DETR.DOT_PRODUCT = CN()
+    # channels of its FPN and embeddings
+    cfg.MODEL.DETR.DOT_PRODUCT.MASK_DIM = 256
+
+    # Training aids for from-scratch training (off: DETR); they change no official weight
+    cfg.MODEL.DETR.TRAINING_AIDS = CN()
+    # weight of the dense class loss on the encoder memory (modeling/dense_class_loss.py)
+    cfg.MODEL.DETR.TRAINING_AIDS.DENSE_CLASS_WEIGHT = 0.0
+    # MASK_HEAD "detr" only: multiply its attention maps by H*W (see MHAttentionMap); from
+    # scratch that head learns only with it; off reproduces official DETR exactly
+    cfg.MODEL.DETR.TRAINING_AIDS.ATTENTION_RESCALE = False
 
     # Inference
     cfg.MODEL.DETR.TEST = CN()
     cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
     cfg.MODEL.DETR.TEST.INSTANCE_ON = True
     cfg.MODEL.DETR.TEST.SEMANTIC_ON = False
+    # Panoptic merging: "detr" (DETR's PostProcessPanoptic: pixel to the arg-max mask logit of
+    # the kept queries, segments of at most MIN_SEGMENT_AREA px dropped and their pixels
+    # re-assigned) or "maskformer" (MaskFormer's: a query mostly overlapped by others, i.e.
+    # winning under OVERLAP_THRESHOLD of its own mask, is dropped; small segments become void).
+    # See modeling/postprocess.py.
+    cfg.MODEL.DETR.TEST.PANOPTIC_MERGE = "detr"
+    # queries whose best class is not "no object" and has probability above this are kept
     cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85
-    cfg.MODEL.DETR.TEST.OVERLAP_THRESHOLD = 0.8
     cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA = 4
-    # pixels go to the query with the largest class score * mask probability (MaskFormer)
-    # instead of the largest mask logit (DETR)
+    # PANOPTIC_MERGE "maskformer" only: the overlap rule, and pixels to the query with the
+    # largest class score * mask probability (MaskFormer) instead of the largest mask logit
+    cfg.MODEL.DETR.TEST.OVERLAP_THRESHOLD = 0.8
     cfg.MODEL.DETR.TEST.SCORE_WEIGHTED_MASKS = False
-    # panoptic thing segments split into 8-connected components, for datasets whose instances
-    # are connected components (the concrete converter's); COMPONENT_PRIORITY: contiguous thing
-    # ids in the converter's --class-priority order (pixels of an earlier class connect the parts
-    # of a later one). See postprocess.split_into_components. Off for COCO.
-    cfg.MODEL.DETR.TEST.SPLIT_COMPONENTS = False
-    cfg.MODEL.DETR.TEST.COMPONENT_PRIORITY = []
+    # boxes of the "instances" output: the tight boxes of the predicted masks instead of the
+    # regressed ones (a mask-trained model's masks can be better than its boxes)
+    cfg.MODEL.DETR.TEST.BOXES_FROM_MASKS = False
+    # Panoptic thing segments split into 8-connected components, for datasets whose instances
+    # are connected components (the concrete converter's): pixels of a class earlier in the
+    # converter's class priority (the dataset metadata's ``class_priority``) connect the parts of
+    # a later one. See modeling/component_split.py. Off for COCO.
+    cfg.MODEL.DETR.TEST.COMPONENTS = CN()
+    cfg.MODEL.DETR.TEST.COMPONENTS.ENABLED = False
     # a part smaller than this fraction of the segment's largest part is not split off
-    cfg.MODEL.DETR.TEST.COMPONENT_MIN_FRACTION = 0.0
+    cfg.MODEL.DETR.TEST.COMPONENTS.MIN_FRACTION = 0.0
 
     # Solver: AdamW, smaller backbone lr, no decay on norms/embeddings, full-model clipping
     cfg.SOLVER.OPTIMIZER = "ADAMW"

@@ -2,16 +2,18 @@
 
 import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
 import glob
+import os
 
 import pytest
 import torch
+import yaml
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from model_utils import make_input
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2_detr.data.categories import THING_NAMES
 from d2_detr.data.conversion import DEFAULT_CLASS_PRIORITY
 
 CONFIGS = sorted(glob.glob("configs/**/*.yaml", recursive=True))
@@ -26,28 +28,49 @@ def _cfg(path=None, *opts):
     return cfg
 
 
-def test_defaults_follow_the_detr_recipe():
-    d = _cfg().MODEL.DETR
-    assert (d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS) == (
-        256, 8, 2048, 6, 6,
-    )  # fmt: skip
-    assert (d.COST_CLASS, d.COST_BBOX, d.COST_GIOU) == (1.0, 5.0, 2.0)
-    assert (d.CLASS_WEIGHT, d.L1_WEIGHT, d.GIOU_WEIGHT, d.MASK_WEIGHT, d.DICE_WEIGHT) == (
-        1.0, 5.0, 2.0, 1.0, 1.0,
-    )  # fmt: skip
-    assert d.NO_OBJECT_WEIGHT == 0.1 and d.DROPOUT == 0.1 and d.TEST.OBJECT_MASK_THRESHOLD == 0.85
-    assert d.THING_CLASSES == [] and d.SIZE_DIVISIBILITY == 32
+def _yaml_chain(path):
+    """The raw keys a config file sets, its _BASE_ first (later files override)."""
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    base = raw.pop("_BASE_", None)
+    chain = _yaml_chain(os.path.join(os.path.dirname(path), base)) if base else []
+    return chain + [raw]
+
+
+def _sets(path, *keys):
+    """Whether the config file (or a base) sets MODEL.DETR.<keys...>."""
+    for raw in _yaml_chain(path):
+        node = raw.get("MODEL", {}).get("DETR", {})
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_every_config_merges(path):
-    cfg = _cfg(path)
-    assert cfg.MODEL.META_ARCHITECTURE == "DETR"
-    # DETR's lr; the tiny config trains from scratch with a larger one
-    expected_lr = 3e-4 if "tiny" in path else 1e-4
-    assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.BASE_LR == expected_lr
-    # attention-map rescaling departs from official DETR: only where training from scratch
-    assert cfg.MODEL.DETR.MASK_ATTENTION_RESCALE == ("tiny" in path)
+def test_shipped_configs_carry_no_dead_values(path):
+    """A key a config sets must take effect: head-specific keys with that head, the maskformer
+    merge's keys with that merge, component settings with the split on."""
+    d = _cfg(path).MODEL.DETR
+    if d.MASK_HEAD != "detr":
+        assert not _sets(path, "TRAINING_AIDS", "ATTENTION_RESCALE")
+    if d.MASK_HEAD != "dot_product":
+        assert not _sets(path, "DOT_PRODUCT", "MASK_DIM")
+    if d.TEST.PANOPTIC_MERGE != "maskformer":
+        assert not _sets(path, "TEST", "OVERLAP_THRESHOLD")
+        assert not _sets(path, "TEST", "SCORE_WEIGHTED_MASKS")
+    if not d.TEST.COMPONENTS.ENABLED:
+        assert not _sets(path, "TEST", "COMPONENTS", "MIN_FRACTION")
+    if d.COST_MASK == 0 and d.COST_DICE == 0:
+        assert not _sets(path, "MATCHER_NUM_POINTS")
+
+
+def test_a_dead_value_is_detected():
+    """The check above can fail: the tiny config with DETR's head would carry MASK_DIM."""
+    tiny = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
+    assert _sets(tiny, "DOT_PRODUCT", "MASK_DIM") and _cfg(tiny).MODEL.DETR.MASK_HEAD != "detr"
+    assert not _sets(tiny, "TEST", "NO_SUCH_KEY")
 
 
 def test_recipes():
@@ -61,12 +84,26 @@ def test_recipes():
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "ConcreteDefects" in p])
-def test_concrete_configs_split_components_in_the_converters_class_priority(path):
-    test = _cfg(path).MODEL.DETR.TEST
-    assert test.SPLIT_COMPONENTS
-    assert [THING_NAMES[i] for i in test.COMPONENT_PRIORITY] == list(DEFAULT_CLASS_PRIORITY)
-    coco = _cfg("configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml")
-    assert not coco.MODEL.DETR.TEST.SPLIT_COMPONENTS  # COCO instances are not components
+def test_concrete_configs_split_components_in_the_datasets_class_priority(path):
+    """One source of truth: the priority the dataset was converted with (its metadata's
+    ``class_priority``), else the converter's default by class name."""
+    assert _cfg(path).MODEL.DETR.TEST.COMPONENTS.ENABLED
+    coco = _cfg("configs/COCO-PanopticSegmentation/detr_R_50_panoptic.yaml", "MODEL.DEVICE", "cpu")
+    assert not coco.MODEL.DETR.TEST.COMPONENTS.ENABLED  # COCO instances are not components
+    name = "_test_config_priority_" + os.path.basename(path)
+    meta = MetadataCatalog.get(name)
+    meta.set(
+        thing_classes=["rebar", "spall", "crack"],
+        stuff_classes=["rebar", "spall", "crack", "background"],
+        thing_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2},
+        stuff_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2, 4: 3},
+    )
+    small = ("MODEL.DEVICE", "cpu", "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1")
+    opts = ("DATASETS.TRAIN", "()", "DATASETS.TEST", f"('{name}',)") + small
+    default = build_model(_cfg(path, *opts)).settings.class_priority
+    assert [["rebar", "spall", "crack"][i] for i in default] == list(DEFAULT_CLASS_PRIORITY)
+    meta.set(class_priority=[1, 2, 0])  # converted with --class-priority spall crack rebar
+    assert build_model(_cfg(path, *opts)).settings.class_priority == (1, 2, 0)
 
 
 def test_coco_model_checks_num_classes_against_builtin_metadata():

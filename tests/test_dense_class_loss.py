@@ -31,24 +31,24 @@ def test_class_fractions_by_hand():
 
 
 def test_loss_by_hand_ignores_unlabelled_cells():
-    loss_fn = DenseClassLoss({"memory": 4}, num_classes=3)
+    loss_fn = DenseClassLoss(4, num_classes=3)
     with torch.no_grad():
-        loss_fn.classifiers["memory"].weight.zero_()
-        loss_fn.classifiers["memory"].bias.copy_(torch.tensor([0.0, 0.0, math.log(2.0)]))
-    memory = {"memory": torch.randn(1, 4, 2, 2)}
+        loss_fn.classifier.weight.zero_()
+        loss_fn.classifier.bias.copy_(torch.tensor([0.0, 0.0, math.log(2.0)]))
+    memory = torch.randn(1, 4, 2, 2)
     # logits (0, 0, log 2) everywhere: p = (1/4, 1/4, 1/2); three labelled cells:
     # two of class 2 (-log 1/2) and one of class 0 (-log 1/4); the bottom-right cell is ignored
     expected = (2 * math.log(2.0) + math.log(4.0)) / 3
     assert loss_fn(memory, [_target()]).item() == pytest.approx(expected, rel=1e-6)
     empty = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 8, 8).bool()}
-    memory["memory"].requires_grad_()
+    memory.requires_grad_()
     zero = loss_fn(memory, [empty])
     assert zero.item() == 0.0
     zero.backward()  # still in the graph
 
 
 def test_model_adds_the_weighted_loss_and_it_trains_the_encoder():
-    cfg_opts = ("MODEL.DETR.DENSE_CLASS_WEIGHT", "2.0")
+    cfg_opts = ("MODEL.DETR.TRAINING_AIDS.DENSE_CLASS_WEIGHT", "2.0")
     torch.manual_seed(0)
     model = build_model(tiny_cfg(*cfg_opts)).train()
     batch = [make_input(96, 128, [[10, 10, 60, 50], [70, 20, 120, 90]], [0, 3], seed=1)]
@@ -59,31 +59,12 @@ def test_model_adds_the_weighted_loss_and_it_trains_the_encoder():
     losses["loss_dense_class"].backward()
     enc = model.transformer.encoder.layers[0].linear1.weight.grad
     assert enc is not None and enc.abs().sum() > 0
-    assert model.dense_class_loss.classifiers["memory"].weight.grad.abs().sum() > 0
+    assert model.dense_class_loss.classifier.weight.grad.abs().sum() > 0
     # off (the default of add_detr_config): no head, no loss, same parameters as DETR
-    plain = build_model(tiny_cfg("MODEL.DETR.DENSE_CLASS_WEIGHT", "0.0")).train()
+    plain = build_model(tiny_cfg("MODEL.DETR.TRAINING_AIDS.DENSE_CLASS_WEIGHT", "0.0")).train()
     assert not hasattr(plain, "dense_class_loss")
     with EventStorage():
         assert "loss_dense_class" not in plain(batch)
-
-
-def test_backbone_levels_get_their_own_classifier_and_gradient():
-    torch.manual_seed(0)
-    features = "['res3', 'res2']"
-    opts = ("MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.DENSE_CLASS_IN_FEATURES", features)
-    model = build_model(tiny_cfg(*opts)).train()
-    assert set(model.dense_class_loss.classifiers) == {"res3", "res2"}
-    batch = [make_input(96, 128, [[10, 10, 60, 50]], [1], seed=2)]
-    with EventStorage():
-        loss = model(batch)["loss_dense_class"]
-    loss.backward()
-    # the backbone up to res3 learns from it; res4 and the transformer do not
-    assert model.backbone.res3[0].conv1.weight.grad.abs().sum() > 0
-    assert model.backbone.res4[0].conv1.weight.grad is None
-    assert model.transformer.encoder.layers[0].linear1.weight.grad is None
-    bad = ("MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.DENSE_CLASS_IN_FEATURES", "['res9']")
-    with pytest.raises(ValueError, match="DENSE_CLASS_IN_FEATURES"):
-        build_model(tiny_cfg(*bad))
 
 
 def test_detection_only_stage_uses_masks_for_it_and_freeze_detector_drops_it():
@@ -91,7 +72,7 @@ def test_detection_only_stage_uses_masks_for_it_and_freeze_detector_drops_it():
     batch = [make_input(96, 128, [[10, 10, 60, 50]], [1], seed=2)]
     stage1 = build_model(
         tiny_cfg(
-            "MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.MASK_ON", "False",
+            "MODEL.DETR.TRAINING_AIDS.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.MASK_ON", "False",
             "MODEL.DETR.TEST.PANOPTIC_ON", "False",
         )  # fmt: skip
     )
@@ -99,7 +80,12 @@ def test_detection_only_stage_uses_masks_for_it_and_freeze_detector_drops_it():
         losses = stage1.train()(batch)
     assert "loss_dense_class" in losses and "loss_mask" not in losses
     stage2 = build_model(
-        tiny_cfg("MODEL.DETR.DENSE_CLASS_WEIGHT", "1.0", "MODEL.DETR.FREEZE_DETECTOR", "True")
+        tiny_cfg(
+            "MODEL.DETR.TRAINING_AIDS.DENSE_CLASS_WEIGHT",
+            "1.0",
+            "MODEL.DETR.FREEZE_DETECTOR",
+            "True",
+        )
     )
     assert stage2.dense_class_weight == 0 and not hasattr(stage2, "dense_class_loss")
     with EventStorage():

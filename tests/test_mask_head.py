@@ -3,7 +3,7 @@
 import torch
 
 import d2_detr  # noqa: F401
-from d2_detr.modeling.mask_head import MHAttentionMap  # noqa: E402
+from d2_detr.modeling.mask_heads import MHAttentionMap  # noqa: E402
 
 
 def test_attention_maps_sum_to_one_per_query_and_rescale_by_area():

@@ -8,9 +8,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from model_utils import make_input, tiny_cfg
 
-from d2_detr.modeling.pixel_decoder import PixelDecoder, dot_product_masks
+from d2_detr.modeling.mask_heads import DotProductMaskHead, PixelDecoder, dot_product_masks
 
-DOT = ("MODEL.DETR.MASK_HEAD", "dot_product", "MODEL.DETR.MASK_DIM", "16")
+DOT = ("MODEL.DETR.MASK_HEAD", "dot_product", "MODEL.DETR.DOT_PRODUCT.MASK_DIM", "16")
 
 
 def _build(*opts):
@@ -46,7 +46,12 @@ def test_pixel_decoder_reaches_the_finest_level_and_masks_are_dot_products():
 )
 def test_model_uses_the_levels_below_the_transformer_input(in_feature, levels):
     model = _build("MODEL.DETR.IN_FEATURE", in_feature)
-    assert model.pixel_levels == levels
+    assert type(model.mask_predictor) is DotProductMaskHead
+    assert model.mask_predictor.pixel_levels == levels
+    assert (
+        model.pixel_decoder.laterals[-1][0].in_channels
+        == model.backbone.output_shape()["res2"].channels
+    )
     assert not hasattr(model, "mask_head") and not hasattr(model, "bbox_attention")
 
 
@@ -91,5 +96,7 @@ def test_inference_outputs_and_unknown_head_name():
     seg, info = out["panoptic_seg"]
     assert seg.shape == (70, 90) and len(info) > 0
     assert out["instances"].pred_masks.shape[1:] == (70, 90)
-    with pytest.raises(ValueError, match="MASK_HEAD"):
+    with pytest.raises(
+        ValueError, match="MASK_HEAD 'conv': choose from \\['detr', 'dot_product'\\]"
+    ):
         build_model(tiny_cfg("MODEL.DETR.MASK_HEAD", "conv"))

@@ -1,14 +1,18 @@
 import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from d2_detr.modeling.component_split import split_into_components
 from d2_detr.modeling.postprocess import (
+    detr_panoptic_inference,
     instance_inference,
+    mask_boxes,
     panoptic_inference,
     resize_mask_logits,
     select_panoptic_queries,
     semantic_inference,
-    split_into_components,
 )
 
 THINGS = {0, 1}  # classes 2 and 3 are stuff
@@ -193,3 +197,133 @@ def test_parts_under_a_fraction_of_the_largest_stay_with_it():
     assert out[2, 0] == out[2, 35] != out[10, 0]
     _, plain = split_into_components(seg, info, min_area=4)
     assert sorted(s["area"] for s in plain) == [10, 50, 60]
+
+
+# -- DETR's own merging (PostProcessPanoptic) ---------------------------------------------------
+def test_detr_merge_reassigns_small_segments_instead_of_voiding_them():
+    m = torch.full((3, 6, 6), -10.0)
+    m[0, :, :3] = 5  # thing 0: left half
+    m[1, :, 3:] = 5  # thing 1: right half
+    m[2, :2, :2] = 9  # thing 1: a 2x2 = 4 px corner over query 0 -> dropped
+    m[2, :2, 2] = 1  # ... with query 0 second best there
+    scores, labels = torch.tensor([0.9, 0.9, 0.95]), torch.tensor([0, 1, 1])
+    seg, info = detr_panoptic_inference(scores, labels, m, THINGS, (6, 6), min_area=4)
+    assert [(s["id"], s["category_id"], s["area"]) for s in info] == [(1, 0, 18), (2, 1, 18)]
+    assert (seg[:, :3] == 1).all() and (seg[:, 3:] == 2).all()  # the corner went to query 0
+    # MaskFormer's rules leave it void instead
+    seg2, _ = panoptic_inference(scores, labels, m, THINGS, overlap_threshold=0.0, min_area=4)
+    assert (seg2[:2, :2] == 0).all()
+
+
+def test_detr_merge_area_is_counted_at_the_output_size():
+    m = torch.full((2, 4, 4), -10.0)
+    m[0] = 5
+    m[1, 0, :2] = 9  # 2 px at the input resolution, 8 px at twice the size
+    scores, labels = torch.tensor([0.9, 0.9]), torch.tensor([2, 0])
+    _, info = detr_panoptic_inference(scores, labels, m, THINGS, (4, 4), min_area=4)
+    assert [s["category_id"] for s in info] == [2]
+    seg, info = detr_panoptic_inference(scores, labels, m, THINGS, (8, 8), min_area=4)
+    assert [(s["category_id"], s["area"]) for s in info] == [(2, 56), (0, 8)]
+    assert (seg[:2, :4] == 2).all()
+
+
+def test_detr_merge_stuff_duplicates_dropped_then_pixels_to_the_best_remaining_query():
+    """DETR's code merges same-class stuff queries in its first pass only: the duplicates then
+    have area 0 and are dropped, and their pixels go to the arg-max of the remaining queries."""
+    m = torch.full((3, 6, 8), -10.0)
+    m[0, :, :4] = 5  # stuff 2, left
+    m[1, :, 4:] = 5  # stuff 2 again, right
+    m[2, :, 7] = 6  # thing 0: column 7 (6 px) ...
+    m[2, :, 6] = 3  # ... second best on column 6
+    m[0, :, 4:6] = -1  # query 0 second best on columns 4-5
+    scores, labels = torch.tensor([0.9, 0.9, 0.9]), torch.tensor([2, 2, 0])
+    seg, info = detr_panoptic_inference(scores, labels, m, THINGS, (6, 8), min_area=4)
+    assert [(s["category_id"], s["isthing"], s["area"]) for s in info] == [
+        (2, False, 36),
+        (0, True, 12),
+    ]
+    assert (seg[:, :6] == 1).all() and (seg[:, 6:] == 2).all()
+    # a thing query that wins no pixel in the first pass is dropped with the duplicates
+    m[2, :, 7] = 3
+    _, info = detr_panoptic_inference(scores, labels, m, THINGS, (6, 8), min_area=4)
+    assert [(s["category_id"], s["area"]) for s in info] == [(2, 48)]
+
+
+def test_detr_merge_without_kept_queries_is_all_void():
+    seg, info = detr_panoptic_inference(
+        torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, 5, 6), THINGS, (10, 12)
+    )
+    assert info == [] and seg.shape == (10, 12) and (seg == 0).all()
+    # every kept query too small: all dropped, all void
+    m = torch.full((2, 1, 6), -10.0)
+    m[0, 0, :3] = 5
+    m[1, 0, 3:] = 5
+    seg, info = detr_panoptic_inference(torch.ones(2), torch.tensor([0, 1]), m, THINGS, (1, 6))
+    assert info == [] and (seg == 0).all()
+
+
+def _detr_reference(labels, mask_logits, thing_ids, output_size, min_area=4):
+    """DETR's PostProcessPanoptic loop restated with numpy and PIL's NEAREST resize."""
+    masks = mask_logits.numpy().reshape(len(labels), -1)
+    labels = labels.tolist()
+    h, w = mask_logits.shape[-2:]
+    equiv = {}
+    for k, c in enumerate(labels):
+        if c not in thing_ids:
+            equiv.setdefault(c, []).append(k)
+
+    def ids_and_areas(masks, dedup):
+        if masks.shape[0] == 0:
+            m = np.zeros((h, w), np.int64)
+        else:
+            m = masks.argmax(0).reshape(h, w)
+        if dedup:
+            for same in equiv.values():
+                for k in same:
+                    m[m == k] = same[0]
+        img = Image.fromarray(m.astype(np.int32), mode="I")
+        m = np.asarray(img.resize(output_size[::-1], resample=Image.NEAREST))
+        return m, [int((m == i).sum()) for i in range(masks.shape[0])]
+
+    kept = list(range(len(labels)))
+    m, area = ids_and_areas(masks, True)
+    while kept:
+        small = [a <= min_area for a in area]
+        if not any(small):
+            break
+        kept = [k for k, s in zip(kept, small) if not s]
+        m, area = ids_and_areas(masks[kept], False)
+    if not kept:
+        return np.zeros(output_size, np.int64), []
+    return m + 1, [(labels[k], a) for k, a in zip(kept, area)]
+
+
+@pytest.mark.parametrize("output_size", [(13, 17), (40, 52), (7, 30)])
+def test_detr_merge_equals_a_reference_on_random_outputs(output_size):
+    g = torch.Generator().manual_seed(sum(output_size))
+    for trial in range(20):
+        n = int(torch.randint(1, 7, (1,), generator=g))
+        # coarse random blobs: a few segments, some small
+        coarse = torch.randn(n, 3, 4, generator=g) * 3
+        m = torch.nn.functional.interpolate(coarse[None], size=(12, 16), mode="bilinear")[0]
+        labels = torch.randint(0, 4, (n,), generator=g)
+        seg, info = detr_panoptic_inference(torch.ones(n), labels, m, THINGS, output_size)
+        ref_seg, ref_info = _detr_reference(labels, m, THINGS, output_size)
+        assert [(s["category_id"], s["area"]) for s in info] == ref_info, trial
+        assert np.array_equal(seg.numpy(), ref_seg), trial
+
+
+def test_mask_boxes_cover_the_pixels_and_fall_back_for_empty_masks():
+    masks = torch.zeros(3, 10, 12, dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True
+    masks[1, 7, 11] = True
+    fallback = torch.tensor([[0.0, 0, 1, 1], [0, 0, 2, 2], [1.5, 2.5, 3.5, 4.5]])
+    boxes = mask_boxes(masks, fallback)
+    assert boxes.tolist() == [[3, 2, 9, 5], [11, 7, 12, 8], [1.5, 2.5, 3.5, 4.5]]
+    inst = instance_inference(
+        torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]),
+        torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 3), masks.float() * 2 - 1, (10, 12),
+        boxes_from_masks=True,
+    )  # fmt: skip
+    torch.testing.assert_close(inst.pred_boxes.tensor[:2], boxes[:2])
+    torch.testing.assert_close(inst.pred_boxes.tensor[2], torch.tensor([4.8, 4.0, 7.2, 6.0]))

@@ -1,14 +1,13 @@
-"""Optional dense class supervision of the encoder memory and/or backbone levels (a training
-aid, off by default).
+"""Optional dense class supervision of the encoder memory (a from-scratch training aid, off by
+default: ``MODEL.DETR.TRAINING_AIDS.DENSE_CLASS_WEIGHT``).
 
 DETR's set loss reaches the encoder only through the few queries matched to objects. Trained
 from scratch on a small dataset, the encoder then learns slowly which positions belong to
-which class, and the decoder has nothing discriminative to attend to. These heads classify
-every position of the memory (and of chosen backbone levels, e.g. res3 at stride 8 where thin
-cracks are still visible) against the class fractions of the pixels it covers (taken from the
-panoptic target masks), which gives every position a gradient from the first iteration. They
-are 1x1 convs used only for the loss: predictions and official checkpoints do not depend on
-them.
+which class, and the decoder has nothing discriminative to attend to. This head classifies
+every position of the memory against the class fractions of the pixels it covers (taken from the
+panoptic target masks), which gives every position a gradient from the first iteration. It is a
+1x1 conv used only for the loss: predictions and official checkpoints do not depend on it.
+(Supervising backbone levels as well was measured not to help and was removed.)
 """
 
 import torch
@@ -42,37 +41,31 @@ def class_fractions(targets, num_classes, size):
 
 class DenseClassLoss(nn.Module):
     """
-    Per-position soft cross-entropy between a 1x1 conv on each input map and the class
-    fractions of the covered pixels, averaged over positions that cover labelled pixels, then
-    over the maps.
+    Per-position soft cross-entropy between a 1x1 conv on the encoder memory and the class
+    fractions of the pixels each position covers, averaged over positions that cover labelled
+    pixels.
     """
 
     def __init__(self, in_channels, num_classes):
         """
         Args:
-            in_channels: dict name -> channels of the maps to supervise.
+            in_channels: channels of the memory (transformer width).
             num_classes: K.
         """
         super().__init__()
         self.num_classes = num_classes
-        self.classifiers = nn.ModuleDict(
-            {name: nn.Conv2d(c, num_classes, kernel_size=1) for name, c in in_channels.items()}
-        )
+        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
 
-    def forward(self, features, targets):
+    def forward(self, memory, targets):
         """
         Args:
-            features: dict name -> (B, C, h, w) maps, with every name given at construction.
+            memory: (B, C, h, w) encoder output.
             targets: as for :func:`class_fractions`.
         Returns:
             scalar loss.
         """
-        losses = [self._one(self.classifiers[k], features[k], targets) for k in self.classifiers]
-        return sum(losses) / len(losses)
-
-    def _one(self, classifier, x, targets):
-        logits = classifier(x).float()
-        fractions = class_fractions(targets, self.num_classes, x.shape[-2:])
+        logits = self.classifier(memory).float()
+        fractions = class_fractions(targets, self.num_classes, memory.shape[-2:])
         total = fractions.sum(1)  # (B, h, w)
         labelled = total > 0
         if not labelled.any():

@@ -2,18 +2,10 @@
 
 import torch
 import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
-
-
-def point_sample(masks, points):
-    """
-    Bilinear values of ``masks`` (N, H, W) at ``points`` (P, 2) given as (x, y) in [0, 1];
-    returns (N, P).
-    """
-    grid = (2.0 * points - 1.0).view(1, 1, -1, 2).expand(masks.shape[0], -1, -1, -1)
-    return F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0, 0]
 
 
 def batch_focal_cost(logits, targets, alpha=0.25, gamma=2.0):
@@ -115,9 +107,15 @@ class HungarianMatcher(nn.Module):
 
     def _mask_cost(self, pred_masks, tgt_masks):
         """Focal + dice costs on the same random points of predictions and targets: (Q, N)."""
-        points = torch.rand(self.num_points, 2, device=pred_masks.device)
-        pred = point_sample(pred_masks.float(), points)
-        tgt = point_sample(tgt_masks.to(pred.dtype), points)
+        points = torch.rand(1, self.num_points, 2, device=pred_masks.device)  # (x, y) in [0, 1]
+
+        def sample(masks):  # (N, H, W) -> (N, P), bilinear
+            return point_sample(
+                masks[:, None], points.expand(len(masks), -1, -1), align_corners=False
+            )[:, 0]
+
+        pred = sample(pred_masks.float())
+        tgt = sample(tgt_masks.to(pred.dtype))
         return self.cost_mask * batch_focal_cost(pred, tgt) + self.cost_dice * batch_dice_cost(
             pred, tgt
         )

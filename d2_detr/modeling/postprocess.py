@@ -1,11 +1,14 @@
-"""From one image's raw DETR outputs to Detectron2's panoptic / instance / semantic results."""
+"""From one image's raw DETR outputs to Detectron2's panoptic / instance / semantic results: the
+generic algorithms (dataset policy lives in ``component_split``; the per-image plumbing that
+calls these in ``inference``)."""
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
-from torchvision.ops import box_convert
+from PIL import Image
+from torchvision.ops import box_convert, masks_to_boxes
 
 
 def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
@@ -19,15 +22,13 @@ def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
         image_size: (h_img, w_img) valid (unpadded) size of the network input.
         output_size: (height, width) original image size.
     Returns:
-        (N, height, width) float logits.
+        (N, height, width) float logits: bilinear to ``padded_size``, cropped to ``image_size``,
+        bilinear to ``output_size`` (Detectron2's ``sem_seg_postprocess``).
     """
     if mask_logits.shape[0] == 0:
         return mask_logits.new_zeros((0, *output_size))
     x = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
-    x = x[:, :, : image_size[0], : image_size[1]]
-    if tuple(image_size) != tuple(output_size):
-        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
-    return x[0]
+    return sem_seg_postprocess(x[0], image_size, *output_size)
 
 
 def class_scores(logits):
@@ -115,72 +116,13 @@ def panoptic_inference(
     return panoptic_seg, segments_info
 
 
-def split_into_components(
-    panoptic_seg, segments_info, class_priority=(), min_area=4, min_part_fraction=0.0
-):
-    """
-    Split thing segments into 8-connected components: the instance definition of datasets whose
-    instances are connected components of a per-class mask (``datasets/prepare_concrete_defects.py``
-    converts that way), e.g. the parallel bars of one rebar prediction become one instance each.
-
-    The converter takes components of each class's own mask, then gives pixels claimed by several
-    classes to the first class of its priority. Mirrored here: the pixels of segments whose class
-    comes earlier in ``class_priority`` connect the parts of a segment (a spall crossed by a bar
-    stays one spall); classes not listed are split by their own pixels only. A part smaller than
-    ``min_part_fraction`` of the segment's largest part is not split off (it stays with the
-    largest: a gap in a thin mask does not make a new instance); instances of at most ``min_area``
-    pixels become void. Stuff segments are kept as they are.
-
-    Args:
-        panoptic_seg: (H, W) int32 segment ids (0 = void); segments_info: their dicts.
-        class_priority: contiguous thing class ids, first wins (the converter's --class-priority).
-    Returns:
-        (panoptic_seg, segments_info) renumbered 1..S, each thing component with its own id.
-    """
-    ids = panoptic_seg.cpu().numpy()
-    out = np.zeros_like(ids)
-    # priority rank of every pixel's segment (unlisted classes, stuff and void: never connect)
-    unranked = len(class_priority)
-    rank = {c: i for i, c in enumerate(class_priority)}
-    top_id = max([int(ids.max())] + [seg["id"] for seg in segments_info])
-    rank_of_segment = np.full(top_id + 1, unranked)
-    for seg in segments_info:
-        if seg["isthing"]:
-            rank_of_segment[seg["id"]] = rank.get(seg["category_id"], unranked)
-    pixel_rank = rank_of_segment[ids]
-    result = []
-
-    def add(seg, pixels, area):
-        result.append({**seg, "id": len(result) + 1, "area": int(area)})
-        out[pixels] = len(result)
-
-    for seg in segments_info:
-        own = ids == seg["id"]
-        if not seg["isthing"]:
-            add(seg, own, seg["area"])
-            continue
-        connect = own | (pixel_rank < rank.get(seg["category_id"], 0))
-        n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
-        labels[~own] = 0
-        areas = np.bincount(labels.ravel(), minlength=n)
-        if n > 2 and min_part_fraction > 0:
-            # small parts (gaps in a thin mask) stay with the largest
-            largest = int(np.argmax(areas[1:])) + 1
-            small = areas < min_part_fraction * areas[largest]
-            small[0] = False
-            labels[small[labels]] = largest
-            areas = np.bincount(labels.ravel(), minlength=n)
-        for k in range(1, n):
-            if areas[k] > min_area:
-                add(seg, labels == k, areas[k])
-    return torch.as_tensor(out, device=panoptic_seg.device), result
-
-
-def instance_inference(scores, labels, boxes, mask_logits, output_size):
+def instance_inference(scores, labels, boxes, mask_logits, output_size, boxes_from_masks=False):
     """
     Args:
         scores, labels: (N,) of the thing queries; boxes: (N, 4) normalised cxcywh;
         mask_logits: (N, H, W) at ``output_size``, or None (detection only).
+        boxes_from_masks: boxes are the tight boxes of the predicted masks (logit > 0; pixel
+            (x, y) covers [x, x + 1) x [y, y + 1)), the regressed box where a mask is empty.
     Returns:
         Instances with pred_boxes (absolute xyxy at the output size), scores, pred_classes,
         pred_masks (bool), sorted by decreasing score.
@@ -188,17 +130,106 @@ def instance_inference(scores, labels, boxes, mask_logits, output_size):
     order = scores.argsort(descending=True)
     h, w = output_size
     result = Instances(output_size)
-    xyxy = box_convert(boxes[order].float(), "cxcywh", "xyxy")
-    xyxy = xyxy * torch.as_tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)
-    result.pred_boxes = Boxes(xyxy)
-    result.pred_boxes.clip(output_size)
+    pred_boxes = Boxes(box_convert(boxes[order].float(), "cxcywh", "xyxy"))
+    pred_boxes.scale(w, h)
+    pred_boxes.clip(output_size)
     result.scores = scores[order]
     result.pred_classes = labels[order]
     if mask_logits is not None:
         result.pred_masks = mask_logits[order] > 0
+        if boxes_from_masks:
+            pred_boxes = Boxes(mask_boxes(result.pred_masks, pred_boxes.tensor))
+    result.pred_boxes = pred_boxes
     return result
+
+
+def mask_boxes(masks, fallback):
+    """(N, H, W) bool masks -> (N, 4) absolute xyxy boxes covering their pixels (x1 = last
+    column + 1); rows of ``fallback`` (N, 4) where a mask is empty."""
+    out = fallback.clone()
+    nonempty = masks.flatten(1).any(1)
+    if nonempty.any():
+        tight = masks_to_boxes(masks[nonempty]).to(out.dtype)
+        tight[:, 2:] += 1
+        out[nonempty] = tight
+    return out
 
 
 def semantic_inference(prob, mask_logits):
     """(Q, K+1) class probabilities, (Q, H, W) mask logits -> (K, H, W) class scores."""
     return torch.einsum("qc,qhw->chw", prob[:, :-1], mask_logits.sigmoid())
+
+
+def detr_panoptic_inference(scores, labels, mask_logits, thing_ids, output_size, min_area=4):
+    """
+    DETR's own merging (``PostProcessPanoptic`` of facebookresearch/detr, its rules restated):
+
+    1. each pixel goes to the kept query with the largest mask logit, at the network input's
+       resolution (``mask_logits``);
+    2. first pass only: pixels of every stuff query go to the first (lowest index) kept query of
+       the same stuff class;
+    3. the id map is resized to ``output_size`` (PIL's NEAREST, as DETR) and the area of every
+       query counted there;
+    4. while some query has area <= ``min_area``: drop those queries and redo 1 and 3 (without 2)
+       among the others, so their pixels go to the next best query (the duplicates of a stuff
+       class, which have area 0 after 2, are dropped this way).
+    No kept query (or none left): every pixel is void (DETR writes id 0 with no segment).
+
+    Args:
+        scores, labels: (N,) score and contiguous class of each kept query (DETR keeps queries
+            whose best class is not "no object" and has probability > 0.85).
+        mask_logits: (N, h, w) logits at the network input's (unpadded) size.
+        thing_ids: set of contiguous class ids that are things.
+        output_size: (height, width) of the result.
+    Returns:
+        panoptic_seg: (height, width) int32, segment k + 1 = k-th remaining query (0 = void);
+        segments_info: list of dicts with id, category_id, isthing, score, area (at
+        ``output_size``), in query order.
+    """
+    device = mask_logits.device
+    h, w = mask_logits.shape[-2:]
+    labels_l = labels.tolist()
+    first_of_class = {}
+    dedup = torch.arange(len(labels_l), device=device)
+    for q, c in enumerate(labels_l):
+        if c not in thing_ids:
+            dedup[q] = first_of_class.setdefault(c, q)
+    alive = torch.arange(len(labels_l), device=device)
+    first = True
+    while True:
+        if len(alive):
+            winner = alive[mask_logits[alive].argmax(0)]  # (h, w) query index
+            if first:
+                winner = dedup[winner]
+            ids = winner + 1  # 0 is void
+        else:
+            ids = torch.zeros((h, w), dtype=torch.long, device=device)
+        ids = pil_nearest_resize(ids, output_size)
+        areas = torch.bincount(ids.flatten(), minlength=len(labels_l) + 1)[1:]
+        small = areas[alive] <= min_area
+        first = False
+        if not small.any():
+            break
+        alive = alive[~small]
+    lut = torch.zeros(len(labels_l) + 1, dtype=torch.int32, device=device)
+    segments_info = []
+    for q in alive.tolist():
+        seg_id = len(segments_info) + 1
+        lut[q + 1] = seg_id
+        c = labels_l[q]
+        segments_info.append(
+            {"id": seg_id, "category_id": c, "isthing": c in thing_ids,
+             "score": float(scores[q]), "area": int(areas[q])}
+        )  # fmt: skip
+    return lut[ids], segments_info
+
+
+def pil_nearest_resize(ids, output_size):
+    """(h, w) integer map -> (height, width) by PIL's NEAREST resize (the pixel PIL picks for each
+    output row and column, which float rounding decides at exact half-way points)."""
+    picks = []
+    for n_in, n_out in zip(ids.shape, output_size):
+        ramp = Image.fromarray(np.arange(n_in, dtype=np.int32)[None], mode="I")
+        pick = np.asarray(ramp.resize((n_out, 1), resample=Image.NEAREST))[0]
+        picks.append(torch.as_tensor(pick.astype(np.int64), device=ids.device))
+    return ids[picks[0]][:, picks[1]]

@@ -1,11 +1,17 @@
-"""DETR's panoptic mask head: per-query multi-head attention maps over the encoder memory, then
-an FPN-like conv head that upsamples them with backbone features to 1/4 resolution."""
+"""DETR's panoptic mask head (``MODEL.DETR.MASK_HEAD "detr"``): per-query multi-head attention
+maps over the encoder memory, then an FPN-like conv head that upsamples them with backbone
+features to 1/4 resolution. Its cost grows with the number of queries."""
 
 import math
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from torch import nn
+
+from .build import register_mask_head
+
+__all__ = ["DetrMaskHead", "MHAttentionMap", "MaskHeadSmallConv"]
 
 
 def _group_norm(channels, groups=8):
@@ -110,3 +116,42 @@ class MaskHeadSmallConv(nn.Module):
             x = F.relu(gn(lay(x)))
         x = self.out_lay(x)
         return x.view(b, n, *x.shape[-2:])
+
+
+@register_mask_head("detr")
+class DetrMaskHead(nn.Module):
+    """
+    DETR's head: ``bbox_attention`` (MHAttentionMap) then ``mask_head`` (MaskHeadSmallConv) on
+    res4, res3, res2. Masks of the last decoder layer only (a per-layer tower would be too dear).
+    """
+
+    all_queries_cheap = False
+
+    @configurable
+    def __init__(self, *, hidden_dim, num_heads, fpn_dims, attention_rescale=False):
+        """
+        Args:
+            hidden_dim: transformer width C; num_heads: its attention heads.
+            fpn_dims: channels of res4, res3, res2.
+            attention_rescale: see :class:`MHAttentionMap` (a from-scratch training aid).
+        """
+        super().__init__()
+        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, num_heads, attention_rescale)
+        self.mask_head = MaskHeadSmallConv(hidden_dim + num_heads, fpn_dims, hidden_dim)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        d = cfg.MODEL.DETR
+        return {
+            "hidden_dim": d.HIDDEN_DIM,
+            "num_heads": d.NHEADS,
+            "fpn_dims": [input_shape[f].channels for f in ("res4", "res3", "res2")],
+            "attention_rescale": d.TRAINING_AIDS.ATTENTION_RESCALE,
+        }
+
+    def forward(self, hs, memory, memory_mask, src, features):
+        """hs (B, N, C) -> (B, N, H/4, W/4) mask logits (see ``mask_heads`` for the arguments)."""
+        if hs.dim() != 3:
+            raise ValueError("MODEL.DETR.MASK_HEAD detr predicts masks of one decoder layer")
+        attn = self.bbox_attention(hs, memory, memory_mask)
+        return self.mask_head(src, attn, [features["res4"], features["res3"], features["res2"]])
