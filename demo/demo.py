@@ -40,6 +40,19 @@ from d2_detr.utils.cli import UserError, closest_names, run_cli  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_args(self, args=None, namespace=None):
+        # an unknown --option would otherwise start the KEY VALUE overrides and swallow the rest
+        known = self._option_string_actions
+        for token in sys.argv[1:] if args is None else args:
+            token = str(token)
+            if token.startswith("--") and token.split("=")[0] not in known:
+                close = closest_names(token, [o for o in known if o.startswith("--")])
+                raise UserError(
+                    f"unknown option {token}",
+                    f"did you mean {', '.join(close)}?" if close else f"see {self.prog} --help",
+                )
+        return super().parse_args(args, namespace)
+
     def error(self, message):  # argparse's own errors: exit 2 as well, with the usage line
         self.print_usage(sys.stderr)
         raise UserError(message, f"see {self.prog} --help")
