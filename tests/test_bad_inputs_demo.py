@@ -52,42 +52,58 @@ def env(tmp_path_factory):
     return types.SimpleNamespace(root=root, photos=str(photos), weights=weights)
 
 
-def base(e, *extra, weights=True, inputs=None):
-    args = ["--config-file", TINY, "--input", inputs or e.photos, "--no-progress", *extra]
-    opts = list(SMALL_CLI) + (["MODEL.WEIGHTS", e.weights] if weights else [])
-    return args, opts
+def C(args=(), opts=(), names=(), weights="{weights}", inputs="{photos}", cli=False):
+    """A case: extra arguments, extra config overrides (``weights`` None: no MODEL.WEIGHTS),
+    and the names the message must contain; "{root}", "{photos}", "{weights}" are filled in."""
+    return dict(args=args, opts=opts, names=names, weights=weights, inputs=inputs, cli=cli)
 
 
-# name: (build(e) -> (args, opts, output or None: default), offenders named, subprocess too)
 CASES = {
-    "no_weights": (lambda e: base(e, weights=False), ["MODEL.WEIGHTS", "--random-weights"], True),
-    "threshold_above_1": (lambda e: base(e, "--confidence-threshold", "5"), ["--confidence-threshold", "[0, 1]"], False),
-    "threshold_negative": (lambda e: base(e, "--confidence-threshold", "-0.1"), ["--confidence-threshold"], False),
-    "threshold_not_a_number": (lambda e: base(e, "--confidence-threshold", "high"), ["--confidence-threshold"], False),
-    "mm_per_pixel_zero": (lambda e: base(e, "--mm-per-pixel", "0"), ["--mm-per-pixel"], False),
-    "mm_per_pixel_negative": (lambda e: base(e, "--mm-per-pixel", "-0.2"), ["--mm-per-pixel"], False),
-    "mm_per_pixel_nan": (lambda e: base(e, "--mm-per-pixel", "nan"), ["--mm-per-pixel"], False),
-    "tile_equal_overlap": (lambda e: base(e, "--tile", "128", "--tile-overlap", "128"), ["--tile-overlap", "--tile"], False),
-    "tile_smaller_than_overlap": (lambda e: base(e, "--tile", "64", "--tile-overlap", "128"), ["--tile-overlap"], False),
-    "tile_negative": (lambda e: base(e, "--tile", "-1"), ["--tile"], False),
-    "overlap_negative": (lambda e: base(e, "--tile-overlap", "-8"), ["--tile-overlap"], False),
-    "glob_matches_nothing": (lambda e: base(e, inputs=str(e.root / "photos" / "*.tiff")), ["*.tiff"], False),
-    "input_missing": (lambda e: base(e, inputs=str(e.root / "nowhere")), ["nowhere"], False),
-    "input_folder_without_images": (lambda e: base(e, inputs=str(e.root / "empty_folder")), ["empty_folder"], False),
-    "all_photos_unreadable": (lambda e: base(e, inputs=str(e.root / "bad_photos")), ["zero.jpg", "text.jpg"], False),
-    "weights_missing_file": (lambda e: (base(e, weights=False)[0], SMALL_CLI + ["MODEL.WEIGHTS", str(e.root / "no.pth")]), ["no.pth"], False),
-    "weights_truncated": (lambda e: (base(e, weights=False)[0], SMALL_CLI + ["MODEL.WEIGHTS", str(e.root / "truncated.pth")]), ["truncated.pth"], False),
-    "weights_pickle_payload_pkl": (lambda e: (base(e, weights=False)[0], SMALL_CLI + ["MODEL.WEIGHTS", str(e.root / "evil.pkl")]), ["evil.pkl"], True),
-    "weights_pickle_payload_pth": (lambda e: (base(e, weights=False)[0], SMALL_CLI + ["MODEL.WEIGHTS", str(e.root / "evil.pth")]), ["evil.pth"], False),
-    "weights_other_config": (lambda e: (base(e)[0], base(e)[1] + ["MODEL.DETR.NUM_OBJECT_QUERIES", "7"]), ["MODEL.WEIGHTS", "query_embed"], False),
-    "config_missing": (lambda e: (["--config-file", str(e.root / "nope.yaml")] + base(e)[0][2:], base(e)[1]), ["nope.yaml"], False),
-    "config_key_typo": (lambda e: (base(e)[0], base(e)[1] + ["MODEL.DETR.NUM_QUERIES", "5"]), ["MODEL.DETR.NUM_QUERIES", "NUM_OBJECT_QUERIES"], False),
-    "config_overlap_threshold": (lambda e: (base(e)[0], base(e)[1] + ["MODEL.DETR.TEST.OVERLAP_THRESHOLD", "2"]), ["MODEL.DETR.TEST.OVERLAP_THRESHOLD"], False),
-    "config_odd_overrides": (lambda e: (base(e)[0], base(e)[1] + ["MODEL.DEVICE"]), ["MODEL.DEVICE"], False),
-    "severity_missing": (lambda e: base(e, "--severity", str(e.root / "sev.yaml")), ["--severity", "sev.yaml"], False),
-    "severity_not_yaml": (lambda e: base(e, "--severity", str(e.root / "bad_severity.yaml")), ["bad_severity.yaml"], False),
-    "unknown_option": (lambda e: base(e, "--tiles", "3"), ["--tiles"], False),
-}  # fmt: skip
+    "no_weights": C(weights=None, names=["MODEL.WEIGHTS", "--random-weights"], cli=True),
+    "threshold_above_1": C(["--confidence-threshold", "5"], names=["--confidence-threshold"]),
+    "threshold_negative": C(["--confidence-threshold", "-0.1"], names=["--confidence-threshold"]),
+    "threshold_not_a_number": C(["--confidence-threshold", "hi"], names=["--confidence-threshold"]),
+    "mm_per_pixel_zero": C(["--mm-per-pixel", "0"], names=["--mm-per-pixel"]),
+    "mm_per_pixel_negative": C(["--mm-per-pixel", "-0.2"], names=["--mm-per-pixel"]),
+    "mm_per_pixel_nan": C(["--mm-per-pixel", "nan"], names=["--mm-per-pixel"]),
+    "tile_equal_overlap": C(["--tile", "128", "--tile-overlap", "128"], names=["--tile-overlap"]),
+    "tile_below_overlap": C(["--tile", "64", "--tile-overlap", "128"], names=["--tile-overlap"]),
+    "tile_negative": C(["--tile", "-1"], names=["--tile"]),
+    "overlap_negative": C(["--tile-overlap", "-8"], names=["--tile-overlap"]),
+    "glob_matches_nothing": C(inputs="{root}/photos/*.tiff", names=["*.tiff"]),
+    "input_missing": C(inputs="{root}/nowhere", names=["nowhere"]),
+    "input_folder_without_images": C(inputs="{root}/empty_folder", names=["empty_folder"]),
+    "all_photos_unreadable": C(inputs="{root}/bad_photos", names=["zero.jpg", "text.jpg"]),
+    "weights_missing_file": C(weights="{root}/no.pth", names=["no.pth"]),
+    "weights_truncated": C(weights="{root}/truncated.pth", names=["truncated.pth"]),
+    "weights_pickle_payload_pkl": C(weights="{root}/evil.pkl", names=["evil.pkl"], cli=True),
+    "weights_pickle_payload_pth": C(weights="{root}/evil.pth", names=["evil.pth"]),
+    "weights_other_config": C(
+        opts=["MODEL.DETR.NUM_OBJECT_QUERIES", "7"], names=["MODEL.WEIGHTS", "query_embed"]
+    ),
+    "config_missing": C(["--config-file", "{root}/nope.yaml"], names=["nope.yaml"]),
+    "config_key_typo": C(
+        opts=["MODEL.DETR.NUM_QUERIES", "5"], names=["MODEL.DETR.NUM_QUERIES", "NUM_OBJECT"]
+    ),
+    "config_overlap_threshold": C(
+        opts=["MODEL.DETR.TEST.OVERLAP_THRESHOLD", "2"], names=["TEST.OVERLAP_THRESHOLD"]
+    ),
+    "config_odd_overrides": C(opts=["MODEL.DEVICE"], names=["MODEL.DEVICE"]),
+    "severity_missing": C(["--severity", "{root}/sev.yaml"], names=["--severity", "sev.yaml"]),
+    "severity_not_yaml": C(["--severity", "{root}/bad_severity.yaml"], names=["bad_severity"]),
+    "unknown_option": C(["--tiles", "3"], names=["--tiles"]),
+}
+
+
+def build(case, e):
+    """(arguments before --output, config overrides) of a case."""
+    fill = lambda x: x.format(root=e.root, photos=e.photos, weights=e.weights)  # noqa: E731
+    args = ["--config-file", TINY, "--input", fill(case["inputs"]), "--no-progress"]
+    args += [fill(a) for a in case["args"]]  # a later --config-file wins
+    opts = list(SMALL_CLI) + [fill(o) for o in case["opts"]]
+    if case["weights"]:
+        opts += ["MODEL.WEIGHTS", fill(case["weights"])]
+    return args, opts
 
 
 def run_in_process(argv):
@@ -105,8 +121,8 @@ def run_in_process(argv):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, env, tmp_path, monkeypatch):
     monkeypatch.delenv("D2_DETR_DEBUG", raising=False)
-    build, names, _ = CASES[name]
-    args, opts = build(env)
+    args, opts = build(CASES[name], env)
+    names = CASES[name]["names"]
     out = tmp_path / "out"
     os.makedirs(out / "overlays")
     (out / "defects.csv").write_text("image,class\nold.jpg,crack\n")  # a previous run's output
@@ -117,10 +133,10 @@ def test_bad_input(name, env, tmp_path, monkeypatch):
     assert not (env.root / "pwned").exists()
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2]))
+@pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c["cli"]))
 def test_bad_input_cli(name, env, tmp_path):
-    build, names, _ = CASES[name]
-    args, opts = build(env)
+    args, opts = build(CASES[name], env)
+    names = CASES[name]["names"]
     out = tmp_path / "out"
     os.makedirs(out)
     (out / "images.csv").write_text("image\nold.jpg\n")
@@ -133,7 +149,7 @@ def test_bad_input_cli(name, env, tmp_path):
 def test_output_is_a_file(env):
     target = env.root / "a_file.txt"
     before = tree_digest(target)
-    args, opts = base(env)
+    args, opts = build(C(), env)
     proc = run_tool("demo/demo.py", *args, "--output", target, *opts)
     assert_user_error(proc, "--output", "a_file.txt")
     assert tree_digest(target) == before
@@ -141,7 +157,7 @@ def test_output_is_a_file(env):
 
 def test_random_weights_flag_runs(env, tmp_path):
     """The explicit flag is the one way to run without MODEL.WEIGHTS."""
-    args, opts = base(env, "--random-weights", weights=False)
+    args, opts = build(C(["--random-weights"], weights=None), env)
     proc = run_in_process([*args, "--output", str(tmp_path / "out"), *opts])
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "images.csv").is_file()
