@@ -27,8 +27,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from d2_detr.data.datasets import register_concrete_defects
-from d2_detr.engine import DETRTrainer
-from d2_detr.engine.budget import train_for_time
+from d2_detr.engine import DETRTrainer, TimeBudget
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -114,9 +113,12 @@ def main(argv=None):
         + args.opts
     )
     trainer = DETRTrainer(cfg)
-    trainer.resume_or_load(resume=False)
     drop = args.lr_drop_at if 0 < args.lr_drop_at < 1 else None
-    curve = train_for_time(trainer, args.minutes, args.eval_every, lr_drop_at=drop)
+    budget = TimeBudget(args.minutes, lr_drop_at=drop, eval_every_minutes=args.eval_every)
+    trainer.register_hooks([budget])  # last: the other hooks' time counts as training time
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    curve = budget.curve
     trainer.checkpointer.save("model_final")  # for --eval-only / the demo on this model
     for point in curve:
         point.pop("results")

@@ -13,12 +13,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from model_utils import official_detr_state_dict, official_parameter_count
 
-from d2_detr.checkpoint import (
+from d2_detr.checkpoint_conversion import (
     class_map_from_metadata,
     compare_with_model,
     convert_detr_state_dict,
     load_checkpoint,
 )
+from d2_detr.utils.cli import UserError
 
 R50_CONCRETE = "configs/ConcreteDefects/detr_R_50_panoptic.yaml"
 # DetrForSegmentation (HF transformers, same architecture), 4 labels, 20 queries
@@ -121,7 +122,7 @@ def test_cli_writes_a_checkpoint_detectron2_loads(tmp_path, r50_panoptic, capsys
     # a file that does not fit the config is refused, and nothing is written
     torch.save(dict(official, **{"detr.query_embed.weight": torch.zeros(100, 256)}), src)
     out.unlink()
-    with pytest.raises(SystemExit, match="query_embed.weight"):
+    with pytest.raises(UserError, match="query_embed.weight"):
         tool.main(args)
     assert not out.exists()
     # a detection checkpoint initialises a panoptic model (mask head trained next)

@@ -1,10 +1,10 @@
 """It learns: the tiny config trained on the 2 bundled real images reaches PQ >= 70 on them
-within 10 CPU-minutes (training time; evaluation excluded)."""
+within 1200 iterations (the README's overfit curve passes 70 at about 250; no time limit: how
+fast is for benchmarks/convergence.py --overfit)."""
 
 import os
 import subprocess
 import sys
-import time
 
 import d2_detr  # noqa: F401  (compat first)
 
@@ -12,8 +12,7 @@ import d2_detr  # noqa: F401  (compat first)
 from detectron2.config import get_cfg
 
 from d2_detr.data.datasets import register_concrete_defects
-from d2_detr.engine import DETRTrainer
-from d2_detr.engine.budget import train_for_time
+from d2_detr.engine import DETRTrainer, TimeBudget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
@@ -35,16 +34,18 @@ def test_overfit_two_real_images(tmp_path):
         [
             "DATASETS.TRAIN", "('overfit_real_train_panoptic',)",
             "DATASETS.TEST", "('overfit_real_train_panoptic',)",
-            "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "100000",
+            "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "1200",
             "SOLVER.STEPS", "(99999,)", "SOLVER.CHECKPOINT_PERIOD", "100000",
-            "TEST.EVAL_PERIOD", "0",
+            "TEST.EVAL_PERIOD", "0", "SEED", "0",
         ]  # fmt: skip
     )
     trainer = DETRTrainer(cfg)
+    budget = TimeBudget(eval_every_iters=100, stop_at_pq=70)
+    trainer.register_hooks([budget])
     trainer.resume_or_load(resume=False)
-    start = time.time()
-    curve = train_for_time(trainer, minutes=10, eval_every_minutes=0.5, stop_at_pq=70)
+    trainer.train()
+    curve = budget.curve
     summary = [(p["minutes"], p["iteration"], round(p["PQ"], 1)) for p in curve]
-    print(f"overfit curve (minutes, iteration, PQ): {summary}; wall {time.time() - start:.0f} s")
+    print(f"overfit curve (minutes, iteration, PQ): {summary}")
     best = max(p["PQ"] for p in curve)
-    assert best >= 70, f"PQ {best:.1f} < 70 after {curve[-1]['minutes']:.1f} min: {summary}"
+    assert best >= 70, f"PQ {best:.1f} < 70 after {curve[-1]['iteration']} iterations: {summary}"

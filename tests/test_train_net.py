@@ -1,11 +1,12 @@
-"""tools/train_net.py and d2_detr.engine: resume after kill -9, NaN guard, eval-only, atomic
-checkpoints, DETR's optimizer, the two-stage recipe."""
+"""tools/train_net.py and d2_detr.engine: exact resume after kill -9, the non-finite-loss guard
+(both trainers), eval-only, atomic checkpoints, DETR's optimizer, the two-stage recipe."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import d2_detr  # noqa: F401  (compat first)
 
@@ -19,7 +20,13 @@ from test_mapper import write_tiny_panoptic_dataset
 from torch import nn
 
 from d2_detr.data.datasets import register_concrete_defects
-from d2_detr.engine import AtomicCheckpointer, DETRTrainer, build_detr_optimizer
+from d2_detr.engine import (
+    DETRCheckpointer,
+    DETRTrainer,
+    GuardedAMPTrainer,
+    GuardedTrainer,
+    build_detr_optimizer,
+)
 from d2_detr.engine.optimizer import detr_param_groups
 from d2_detr.modeling.detr import MASK_HEAD_PREFIXES
 
@@ -73,51 +80,73 @@ def last_checkpoint(out):
         return None
 
 
-def test_resume_after_kill9_then_eval_only(data_root, tmp_path):
-    out = str(tmp_path / "run")
-    proc = train_net(
-        ["OUTPUT_DIR", out, "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "2"],
-        data_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 180
+def _iteration(name):
+    return int(name[len("model_") : -len(".pth")])
+
+
+def _run_until_killed(args, data_root, at_least, extra_wait):
+    """Start train_net, SIGKILL it ``extra_wait`` s after a checkpoint of iteration >=
+    ``at_least`` appears (anywhere: inside a step or a checkpoint write)."""
+    out = args[args.index("OUTPUT_DIR") + 1]
+    proc = train_net(args, data_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600  # a hang guard, not a speed requirement
     try:
         while time.time() < deadline:
             name = last_checkpoint(out)
-            if name and int(name[len("model_") : -len(".pth")]) >= 5:
+            if name and name != "model_final.pth" and _iteration(name) >= at_least:
                 break
             assert proc.poll() is None, "training stopped before it was killed"
-            time.sleep(0.05)
+            time.sleep(0.02)
         else:
-            pytest.fail("no checkpoint of iteration >= 5 within 180 s")
-        time.sleep(0.3)  # land the kill anywhere, possibly inside a checkpoint write
+            pytest.fail(f"no checkpoint of iteration >= {at_least} (hang?)")
+        time.sleep(extra_wait)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert last_checkpoint(out) != "model_final.pth", "killed too late: the run had finished"
 
-    name = last_checkpoint(out)
-    done = int(name[len("model_") : -len(".pth")])
-    ckpt = torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)
-    assert ckpt["iteration"] == done
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_after_two_kills_is_bit_identical_then_eval_only(data_root, tmp_path):
+    """Killed twice (SIGKILL) and resumed: the final weights equal the uninterrupted run's."""
+    common = ["SEED", "7", "SOLVER.MAX_ITER", "14", "SOLVER.CHECKPOINT_PERIOD", "2",
+              "MODEL.DETR.DROPOUT", "0.1", "INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)"]  # fmt: skip
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "run")
+    done = train_net(["OUTPUT_DIR", ref] + common, data_root, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT)  # fmt: skip
+    log, _ = done.communicate(timeout=900)
+    assert done.returncode == 0, log[-3000:]
+
+    _run_until_killed(["OUTPUT_DIR", out] + common, data_root, at_least=3, extra_wait=0.0)
+    first = _iteration(last_checkpoint(out))
+    ckpt = torch.load(os.path.join(out, last_checkpoint(out)), map_location="cpu",
+                      weights_only=True)  # fmt: skip
+    assert ckpt["iteration"] == first and ckpt["trainer"]["seed"] == 7
     assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # AdamW moments saved
-    assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == done + 1
-
-    max_iter = done + 4
-    resumed = train_net(
-        ["--resume", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(max_iter),
-         "SOLVER.CHECKPOINT_PERIOD", "1000",
-         "DATASETS.TEST", "('synthetic_concrete_val_panoptic',)"],
-        data_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log, _ = resumed.communicate(timeout=300)
+    assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == first + 1
+    _run_until_killed(
+        ["--resume", "OUTPUT_DIR", out] + common, data_root, at_least=first + 4, extra_wait=0.15
+    )
+    second = _iteration(last_checkpoint(out))
+    assert second > first
+    resumed = train_net(["--resume", "OUTPUT_DIR", out] + common, data_root,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    log, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, log[-3000:]
-    assert f"Starting training from iteration {done + 1}" in log
-    final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)
-    assert final["iteration"] == max_iter - 1
+    assert f"Starting training from iteration {second + 1}" in log
     assert last_checkpoint(out) == "model_final.pth"
+    expected, got = _weights(os.path.join(ref, "model_final.pth")), _weights(
+        os.path.join(out, "model_final.pth")
+    )
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert different == [], f"{len(different)} tensors differ, e.g. {different[:3]}"
+    # the runs did train (the comparison is not between two untouched initialisations)
+    first_ckpt = _weights(os.path.join(ref, "model_0000001.pth"))
+    assert any(not torch.equal(first_ckpt[k], got[k]) for k in got)
 
     evaluated = train_net(
         ["--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
@@ -134,6 +163,24 @@ def test_resume_after_kill9_then_eval_only(data_root, tmp_path):
     # COCOEvaluator ran both tasks ("Evaluation results for ..." is only logged when the briefly
     # trained model predicts at least one thing; the copypaste summary is logged either way)
     assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
+
+
+def test_data_stream_is_a_function_of_seed_and_iteration(data_root, tmp_path):
+    """Batch i is the same whether the stream starts at 0 or at i, and the seed matters."""
+    cfg = make_cfg(tmp_path, "SEED", "3", "INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)")
+    loader = DETRTrainer.build_train_loader(cfg)
+    stream = iter(loader)
+    from_start = [next(stream) for _ in range(6)]
+    loader.restart_at(4)
+    restarted = next(iter(loader))
+    for a, b in zip(from_start[4], restarted):
+        assert a["image_id"] == b["image_id"] and torch.equal(a["image"], b["image"])
+    assert [d["image_id"] for d in from_start[5]] == [d["image_id"] for d in loader.batch(5)]
+    ids = [d["image_id"] for batch in from_start[:4] for d in batch]
+    assert len(set(ids)) == 8  # the first epoch (8 images) is a permutation
+    loader.restart_at(0, seed=4)
+    other = [(d["image_id"], tuple(d["image"].shape)) for d in next(iter(loader))]
+    assert other != [(d["image_id"], tuple(d["image"].shape)) for d in from_start[0]]
 
 
 _CALLS = {"n": 0, "ids": [], "w": []}
@@ -156,11 +203,7 @@ class _NaNOnThirdBatch(nn.Module):
         return {"loss_ok": loss, "loss_bad": bad}
 
 
-def test_non_finite_loss_names_iteration_term_and_images(data_root, tmp_path):
-    cfg = make_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "_NaNOnThirdBatch", "SOLVER.MAX_ITER", "10")
-    trainer = DETRTrainer(cfg)
-    with pytest.raises(FloatingPointError) as err:
-        trainer.train()
+def _check_guard_message(err, trainer, tmp_path):
     msg = str(err.value)
     assert "iteration 2" in msg and "loss_bad=nan" in msg and "loss_ok" not in msg
     assert str(_CALLS["ids"][2]) in msg
@@ -169,9 +212,41 @@ def test_non_finite_loss_names_iteration_term_and_images(data_root, tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "model_final.pth"))
 
 
+def test_non_finite_loss_names_iteration_term_and_images(data_root, tmp_path):
+    _CALLS.update(n=0, ids=[], w=[])
+    cfg = make_cfg(tmp_path, "MODEL.META_ARCHITECTURE", "_NaNOnThirdBatch", "SOLVER.MAX_ITER", "10")
+    trainer = DETRTrainer(cfg)
+    assert type(trainer._trainer) is GuardedTrainer
+    with pytest.raises(FloatingPointError) as err:
+        trainer.train()
+    _check_guard_message(err, trainer, tmp_path)
+
+
+def test_non_finite_loss_guard_in_the_amp_trainer(data_root, tmp_path):
+    """SOLVER.AMP.ENABLED: Detectron2's AMPTrainer (its own run_step) with the same guard.
+    v0.6's AMPTrainer asserts CUDA; on a CPU-only machine the assertion is passed with a patched
+    ``torch.cuda.is_available`` and CUDA autocast / GradScaler disable themselves (warnings),
+    so the step runs in float32 through AMPTrainer.run_step and the guard's code path."""
+    _CALLS.update(n=0, ids=[], w=[])
+    cfg = make_cfg(
+        tmp_path, "MODEL.META_ARCHITECTURE", "_NaNOnThirdBatch", "SOLVER.MAX_ITER", "10",
+        "SOLVER.AMP.ENABLED", "True",
+    )  # fmt: skip
+    trainer = DETRTrainer(cfg)
+    assert type(trainer._trainer) is GuardedAMPTrainer
+    patch = (
+        mock.patch("torch.cuda.is_available", return_value=True)
+        if not torch.cuda.is_available()
+        else mock.patch.object(torch, "__name__", "torch")
+    )
+    with patch, pytest.raises(FloatingPointError) as err:
+        trainer.train()
+    _check_guard_message(err, trainer, tmp_path)
+
+
 def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
     model = nn.Linear(2, 2)
-    ckpt = AtomicCheckpointer(model, str(tmp_path))
+    ckpt = DETRCheckpointer(model, str(tmp_path))
     ckpt.save("model_0000001")
     good = (tmp_path / "model_0000001.pth").read_bytes()
 
@@ -179,7 +254,7 @@ def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr("d2_detr.engine.checkpoint.torch.save", dying_save)
+    monkeypatch.setattr("d2_detr.engine.checkpointer.torch.save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save("model_0000002")
     with pytest.raises(KeyboardInterrupt):
@@ -189,7 +264,7 @@ def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
     assert (tmp_path / "model_0000001.pth").read_bytes() == good
     monkeypatch.undo()
     fresh = nn.Linear(2, 2)
-    AtomicCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    DETRCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
     assert torch.equal(fresh.weight, model.weight)
 
 

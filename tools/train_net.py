@@ -8,26 +8,50 @@ Train or evaluate DETR panoptic with Detectron2.
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/x/model_final.pth
 
 Multi-GPU: ``--num-gpus N`` (Detectron2's ``launch``); on CPU only one process is possible.
+Bad input (config file, keys, datasets, weights, OUTPUT_DIR) ends with a message naming it and
+exit code 2, checked before the model is built; ``--debug`` or ``D2_DETR_DEBUG=1`` shows the
+traceback.
 """
 
-import d2_detr  # isort: split  (d2_detr.compat patches before detectron2 imports)
+import d2_detr  # noqa: F401  # isort: split  (compat patches before detectron2 imports)
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from d2_detr.engine import DETRTrainer
+from d2_detr.engine import DETRCheckpointer, DETRTrainer
+from d2_detr.engine.setup import (
+    check_datasets,
+    check_num_classes,
+    check_output_dir,
+    check_weights_path,
+    load_config,
+)
+from d2_detr.utils.cli import UserError, run_cli
 
 
 def setup(args):
-    """Config from Detectron2's defaults + d2-detr's keys + the file + command-line opts."""
-    cfg = get_cfg()
-    d2_detr.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """Config from Detectron2's defaults + d2-detr's keys + the file + command-line opts, with
+    every user input checked before anything is built or written."""
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
+    splits = ("TEST",) if args.eval_only else ("TRAIN", "TEST")
+    check_datasets(cfg, splits)
+    check_num_classes(cfg, splits)
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise UserError(
+            "--eval-only needs weights to evaluate",
+            "add MODEL.WEIGHTS path/to/model_final.pth after the options",
+        )
+    # the weights are read once here, so that a bad file is reported before OUTPUT_DIR is
+    # written to (default_setup writes config.yaml and the log there)
+    checkpointer = DETRCheckpointer(None, save_dir=cfg.OUTPUT_DIR)
+    if args.resume and checkpointer.has_checkpoint():
+        checkpointer.check_resume_file()
+    elif cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS:
+        check_weights_path(cfg.MODEL.WEIGHTS)
+        checkpointer.check_file(cfg.MODEL.WEIGHTS)
     default_setup(cfg, args)
     return cfg
 
@@ -50,10 +74,8 @@ def format_pq(cfg, results):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model.pth")
         model = DETRTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        DETRCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = DETRTrainer.test(cfg, model)
@@ -74,11 +96,23 @@ def main(args):
     return results
 
 
+def worker_main(args):
+    """``main`` with the user-error path, as run inside every launched process."""
+    return run_cli(main, args)
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
+    run_cli(
+        launch,
+        worker_main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

@@ -1,16 +1,29 @@
-"""Training: DETR's optimizer, atomic checkpoints, the trainer and its evaluators."""
+"""Training: DETR's optimizer, safe atomic checkpoints, the resumable data stream, the trainer,
+its evaluators and hooks."""
 
-from .checkpoint import AtomicCheckpointer, atomic_write_bytes
+from .checkpointer import DETRCheckpointer
+from .hooks import StopTraining, TimeBudget
 from .optimizer import build_detr_optimizer, detr_param_groups
 from .panoptic_evaluation import DETRPanopticEvaluator
-from .trainer import DETRTrainer, GuardedTrainer, build_detr_evaluator
+from .train_loader import ResumableTrainLoader
+from .trainer import (
+    DETRTrainer,
+    GuardedAMPTrainer,
+    GuardedTrainer,
+    IterationSeed,
+    build_detr_evaluator,
+)
 
 __all__ = [
-    "AtomicCheckpointer",
+    "DETRCheckpointer",
     "DETRPanopticEvaluator",
     "DETRTrainer",
+    "GuardedAMPTrainer",
     "GuardedTrainer",
-    "atomic_write_bytes",
+    "IterationSeed",
+    "ResumableTrainLoader",
+    "StopTraining",
+    "TimeBudget",
     "build_detr_evaluator",
     "build_detr_optimizer",
     "detr_param_groups",

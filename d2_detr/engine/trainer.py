@@ -1,18 +1,18 @@
 """``DETRTrainer``: Detectron2's DefaultTrainer with DETR's data, optimizer and evaluators, a
-NaN guard and atomic checkpoints."""
+non-finite-loss guard, safe and atomic checkpoints and exact resume."""
 
 import logging
 import os
-import time
 import weakref
 
 import torch
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.data.common import DatasetFromList
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import (
     COCOEvaluator,
@@ -23,41 +23,88 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import DetrPanopticDatasetMapper
-from .checkpoint import AtomicCheckpointer
+from .checkpointer import DETRCheckpointer
+from .hooks import StopTraining
 from .optimizer import build_detr_optimizer
 from .panoptic_evaluation import DETRPanopticEvaluator
+from .train_loader import ResumableTrainLoader, derive_seed, seed_all
 
-__all__ = ["DETRTrainer", "GuardedTrainer", "build_detr_evaluator"]
+__all__ = [
+    "DETRTrainer",
+    "GuardedAMPTrainer",
+    "GuardedTrainer",
+    "IterationSeed",
+    "build_detr_evaluator",
+]
 
 
-class GuardedTrainer(SimpleTrainer):
+class _LastBatch:
+    """Iterator wrapper that remembers the last batch (for the guard's image ids)."""
+
+    def __init__(self, iterator):
+        self.iterator, self.batch = iterator, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.batch = next(self.iterator)
+        return self.batch
+
+
+class _NonFiniteLossGuard:
     """
-    ``SimpleTrainer`` that checks every loss term before the backward pass: a non-finite term
-    raises ``FloatingPointError`` naming the iteration, the term(s) and the batch's image ids,
-    before the weights are touched (the last checkpoint stays good).
+    Extends Detectron2's metric check (``_write_metrics``, called after ``backward`` and before
+    ``optimizer.step()``): a non-finite loss term raises ``FloatingPointError`` naming the
+    iteration, the term(s) and the batch's image ids before the weights change (the last
+    checkpoint stays good). Every process checks its own terms; with several processes all
+    raise together (no process is left waiting in a collective).
     """
 
-    def run_step(self):
-        assert self.model.training, "[GuardedTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        loss_dict = self.model(data)
-        if isinstance(loss_dict, torch.Tensor):
-            loss_dict = {"total_loss": loss_dict}
-        bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
-        if bad:
-            ids = [d.get("image_id", d.get("file_name")) for d in data]
-            raise FloatingPointError(
-                f"Non-finite loss at iteration {self.iter}: "
-                + ", ".join(f"{k}={v}" for k, v in bad.items())
-                + f"; batch image ids: {ids}"
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._data_loader_iter = _LastBatch(self._data_loader_iter)
+
+    def _write_metrics(self, loss_dict, data_time, prefix=""):
+        bad = {k: float(v.detach().float()) for k, v in loss_dict.items()
+               if not torch.isfinite(v.detach()).all()}  # fmt: skip
+        batch = getattr(self._data_loader_iter, "batch", None) or []
+        ids = [d.get("image_id", d.get("file_name")) for d in batch]
+        reports = comm.all_gather((bad, ids)) if comm.get_world_size() > 1 else [(bad, ids)]
+        reports = [(r, b, i) for r, (b, i) in enumerate(reports) if b]
+        if reports:
+            where = "; ".join(
+                ", ".join(f"{k}={v}" for k, v in b.items())
+                + f"; batch image ids: {i}"
+                + (f" (process {r})" if len(reports) > 1 else "")
+                for r, b, i in reports
             )
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad()
-        losses.backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
+            raise FloatingPointError(
+                f"Non-finite loss at iteration {self.iter}: {where}. The weights were not "
+                "updated; resume from the last checkpoint with a lower SOLVER.BASE_LR or check "
+                "these images."
+            )
+        super()._write_metrics(loss_dict, data_time, prefix)
+
+
+class GuardedTrainer(_NonFiniteLossGuard, SimpleTrainer):
+    """``SimpleTrainer`` with the non-finite-loss guard."""
+
+
+class GuardedAMPTrainer(_NonFiniteLossGuard, AMPTrainer):
+    """``AMPTrainer`` (CUDA mixed precision) with the non-finite-loss guard."""
+
+
+class IterationSeed(HookBase):
+    """
+    Seeds Python's, numpy's and torch's RNGs before every iteration from ``(seed, iteration,
+    rank)``: dropout and any other randomness in the step depend on the iteration only, not on
+    what ran before (an evaluation, a resume), which exact resume needs.
+    """
+
+    def before_step(self):
+        trainer = self.trainer
+        seed_all(derive_seed(trainer.seed, 4, trainer.iter, comm.get_rank()))
 
 
 def build_detr_evaluator(cfg, dataset_name, output_folder=None):
@@ -95,9 +142,15 @@ def build_detr_evaluator(cfg, dataset_name, output_folder=None):
 class DETRTrainer(DefaultTrainer):
     """
     DefaultTrainer for DETR: the DETR panoptic mapper, AdamW with backbone multiplier and
-    full-model clipping, evaluators from metadata, a loss guard (:class:`GuardedTrainer`) and
-    :class:`AtomicCheckpointer` (``--resume`` after ``kill -9`` continues from the last complete
-    checkpoint with its iteration).
+    full-model clipping, evaluators from metadata, a non-finite-loss guard
+    (:class:`GuardedTrainer` / :class:`GuardedAMPTrainer`) and :class:`DETRCheckpointer`.
+
+    Exact resume: ``--resume`` after a kill at any moment continues from the last complete
+    checkpoint and ends with the weights of the uninterrupted run, bit for bit (same machine
+    and thread count). The checkpoint holds the model, the optimizer (AdamW moments), the
+    scheduler, the iteration and the seed; the data stream (:class:`ResumableTrainLoader`) and
+    the per-iteration RNG seeds (:class:`IterationSeed`) are functions of (seed, iteration).
+    ``SEED`` < 0 draws a seed, which the checkpoint keeps.
     """
 
     def __init__(self, cfg):
@@ -109,32 +162,49 @@ class DETRTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        self.seed = data_loader.seed if isinstance(data_loader, ResumableTrainLoader) else 0
         model = create_ddp_model(model, broadcast_buffers=False)
-        inner = AMPTrainer if cfg.SOLVER.AMP.ENABLED else GuardedTrainer
+        inner = GuardedAMPTrainer if cfg.SOLVER.AMP.ENABLED else GuardedTrainer
         self._trainer = inner(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DETRCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        return [IterationSeed()] + super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):  # nothing was read from it yet
+            loader.restart_at(self.start_iter, self.seed)
+
     def train(self):
-        """Train; returns the results of the last evaluation (None if none ran)."""
-        super().train()
+        """Train (a hook may end it early with :class:`StopTraining`); returns the results of
+        the last evaluation (None if none ran)."""
+        try:
+            super().train()
+        except StopTraining:
+            pass
         return getattr(self, "_last_eval_results", None)
 
     def state_dict(self):
         # Detectron2 v0.6's DefaultTrainer saves only the iteration and hook states: add the
-        # inner trainer's (the optimizer's AdamW moments) so that --resume continues exactly.
+        # inner trainer's (the optimizer's AdamW moments, AMP's grad scaler) and the seed.
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()
+        ret["seed"] = self.seed
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+        if "seed" in state_dict:
+            self.seed = int(state_dict["seed"])
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -147,7 +217,19 @@ class DETRTrainer(DefaultTrainer):
                 f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r}: only "
                 "'detr_panoptic' is provided"
             )
-        return build_detection_train_loader(cfg, mapper=DetrPanopticDatasetMapper(cfg, True))
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return ResumableTrainLoader(
+            DatasetFromList(dicts, copy=False),
+            DetrPanopticDatasetMapper(cfg, True),
+            cfg.SOLVER.IMS_PER_BATCH,
+            cfg.DATALOADER.NUM_WORKERS,
+            seed,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

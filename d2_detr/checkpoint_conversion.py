@@ -1,11 +1,13 @@
 """Official DETR checkpoints (detection, panoptic) and torchvision ResNet ImageNet weights ->
-parameter names of :class:`d2_detr.modeling.DETR`."""
+parameter names of :class:`d2_detr.modeling.DETR` (used by ``tools/convert_detr_checkpoint.py``)."""
 
-import argparse
 import logging
 import re
 
 import torch
+
+from .utils.checkpoint_io import load_checkpoint_file
+from .utils.cli import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +41,16 @@ def _rename_resnet(key):
 
 
 def load_checkpoint(path):
-    """State dict of a DETR / torchvision checkpoint file, loaded with ``weights_only=True``."""
-    with torch.serialization.safe_globals([argparse.Namespace]):  # DETR saves its args
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+    """State dict of a DETR / torchvision checkpoint file, loaded without executing code
+    (:func:`~d2_detr.utils.checkpoint_io.load_checkpoint_file`); UserError if it holds none."""
+    ckpt = load_checkpoint_file(path)
+    if isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
-    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
-        raise ValueError(f"{path}: not a state dict of tensors (nor a dict with 'model')")
+    if not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise UserError(
+            f"{path}: not a state dict of tensors (nor a dict with 'model')",
+            "give an official DETR checkpoint (detr-r50-*.pth) or torchvision ResNet weights",
+        )
     return ckpt
 
 

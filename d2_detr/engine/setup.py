@@ -1,0 +1,202 @@
+"""
+User-input checks run before anything heavy is built (config, datasets, output folder, weights):
+each problem is a :class:`~d2_detr.utils.cli.UserError` naming the file, key or name and what
+to do.
+"""
+
+import os
+import re
+
+import yaml
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..config import add_detr_config
+from ..utils.cli import UserError, closest_names
+
+__all__ = [
+    "check_datasets",
+    "check_num_classes",
+    "check_output_dir",
+    "check_weights_path",
+    "config_keys",
+    "load_config",
+    "validate_dataset_names",
+]
+
+
+def config_keys(cfg, prefix=""):
+    """Every full key (``MODEL.DETR.NUM_CLASSES``) of a CfgNode."""
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        keys += config_keys(v, full + ".") if isinstance(v, CfgNode) else [full]
+    return keys
+
+
+def _unknown_key(cfg, key, where):
+    close = closest_names(key, config_keys(cfg))
+    if not close:  # compare the last part only (e.g. a key under the wrong node)
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in config_keys(cfg) if k.rsplit(".", 1)[-1] in closest_names(
+            leaf, {c.rsplit(".", 1)[-1] for c in config_keys(cfg)}, n=3)][:5]  # fmt: skip
+    hint = f"did you mean: {', '.join(close)}" if close else "see d2_detr/config.py for the keys"
+    return UserError(f"{where}: unknown config key {key}", hint)
+
+
+def load_config(config_file, opts=()):
+    """
+    Detectron2's defaults + d2-detr's keys + ``config_file`` + ``opts`` (KEY VALUE ...), not
+    frozen. UserError for a missing / unparsable file, an unknown key (with the closest keys) or
+    a value of the wrong type.
+    """
+    if not config_file:
+        raise UserError("no config file given", "pass --config-file configs/....yaml")
+    if not os.path.isfile(config_file):
+        raise UserError(
+            f"config file {config_file} does not exist",
+            "the shipped configs are under configs/ (e.g. configs/ConcreteDefects/"
+            "detr_tiny_cpu.yaml)",
+        )
+    cfg = get_cfg()
+    add_detr_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {config_file} is not valid YAML: {_first_line(e)}") from None
+    except KeyError as e:
+        key = _key_in(str(e))
+        if key:
+            raise _unknown_key(cfg, key, f"config file {config_file}") from None
+        raise UserError(f"config file {config_file}: {_first_line(e)}") from None
+    except (ValueError, TypeError, AssertionError, AttributeError, OSError) as e:
+        raise UserError(f"config file {config_file}: {_first_line(e)}", _type_hint(e)) from None
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise UserError(
+            f"command-line overrides must be KEY VALUE pairs; {opts[-1]!r} has no value",
+            "e.g. SOLVER.MAX_ITER 100 OUTPUT_DIR output/run",
+        )
+    for key in opts[::2]:
+        if _lookup(cfg, key) is _MISSING:
+            raise _unknown_key(cfg, key, "command line")
+    try:
+        cfg.merge_from_list(opts)
+    except (ValueError, TypeError, AssertionError, KeyError) as e:
+        raise UserError(f"command line: {_first_line(e)}", _type_hint(e)) from None
+    return cfg
+
+
+_MISSING = object()
+
+
+def _lookup(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _key_in(message):
+    m = re.search(r"(?:Non-existent (?:config )?key|key): ?([A-Za-z0-9_.]+)", message)
+    return m.group(1) if m else None
+
+
+def _first_line(e):
+    text = str(e).strip().strip("'\"")
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _type_hint(e):
+    if "Type mismatch" in str(e):
+        return "give a value of the type of the default (see d2_detr/config.py / Detectron2's)"
+    return None
+
+
+def validate_dataset_names(names, key):
+    """UserError for a name not in ``DatasetCatalog``, listing the closest registered names."""
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            close = closest_names(name, registered)
+            hint = (
+                f"closest registered names: {', '.join(close)}"
+                if close
+                else "register it first (d2_detr.data.datasets.register_panoptic_dataset)"
+            )
+            raise UserError(f"{key}: dataset {name!r} is not registered", hint)
+
+
+def check_datasets(cfg, splits=("TRAIN", "TEST")):
+    """
+    Every dataset in ``cfg.DATASETS.<split>`` is registered and its files exist (the paths in
+    its metadata; the registered loader's own message says which command creates them).
+    """
+    for split in splits:
+        names = list(cfg.DATASETS[split])
+        validate_dataset_names(names, f"DATASETS.{split}")
+        for name in names:
+            meta = MetadataCatalog.get(name)
+            paths = [meta.get(k) for k in ("panoptic_json", "panoptic_root", "image_root")]
+            missing = [p for p in paths if p and not os.path.exists(p)]
+            if not missing:
+                continue
+            root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            try:
+                DatasetCatalog.get(name)
+                message = None
+            except FileNotFoundError as e:  # our registration: names the files and the command
+                message = str(e)
+            first, _, rest = (message or "").partition("\n")
+            raise UserError(
+                first or f"dataset {name!r}: missing files: {', '.join(missing)}",
+                (rest.strip() + "\n  " if rest.strip() else "")
+                + f"(DETECTRON2_DATASETS={root}; DATASETS.{split} names the dataset)",
+            )
+
+
+def check_num_classes(cfg, splits=("TRAIN", "TEST")):
+    """``MODEL.DETR.NUM_CLASSES`` equals the class count of every dataset (stuff_classes lists
+    all classes of a panoptic dataset, as Detectron2's convention; else thing_classes)."""
+    if cfg.MODEL.META_ARCHITECTURE != "DETR":
+        return
+    for split in splits:
+        for name in cfg.DATASETS[split]:
+            meta = MetadataCatalog.get(name)
+            classes = meta.get("stuff_classes") or meta.get("thing_classes")
+            if classes and len(classes) != cfg.MODEL.DETR.NUM_CLASSES:
+                raise UserError(
+                    f"MODEL.DETR.NUM_CLASSES is {cfg.MODEL.DETR.NUM_CLASSES} but dataset "
+                    f"{name!r} (DATASETS.{split}) has {len(classes)} classes: {list(classes)}",
+                    f"set MODEL.DETR.NUM_CLASSES {len(classes)} (and MODEL.DETR.THING_CLASSES "
+                    "to match)",
+                )
+
+
+def check_output_dir(path):
+    """OUTPUT_DIR is a folder that exists or can be created, and is writable."""
+    if not path:
+        raise UserError("OUTPUT_DIR is empty", "set OUTPUT_DIR output/<run name>")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"OUTPUT_DIR {path} is a file, not a folder", "choose another OUTPUT_DIR")
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == os.path.abspath(probe):
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise UserError(f"OUTPUT_DIR {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"OUTPUT_DIR {path} is not writable ({probe})", "choose another OUTPUT_DIR")
+
+
+def check_weights_path(path, key="MODEL.WEIGHTS"):
+    """A local weights path exists (URLs such as ``detectron2://`` are left to the loader)."""
+    if path and "://" not in path and not os.path.isfile(path):
+        raise UserError(
+            f"{key} {path} does not exist" + (" (it is a folder)" if os.path.isdir(path) else ""),
+            "give a .pth / .pkl checkpoint, e.g. OUTPUT_DIR/model_final.pth",
+        )
