@@ -109,7 +109,15 @@ def test_forward_weights_aux_and_metrics_apart():
     num_pred = (outputs["pred_logits"].argmax(-1) != 2).sum(1).float()
     expected = ((num_pred - torch.tensor([2.0, 1.0])).abs().mean()).item()
     assert math.isclose(metrics["cardinality_error"], expected, rel_tol=1e-6)
-    assert 0 <= metrics["class_error"] <= 100
+    # class error: % of matched queries whose arg-max class is not their target's
+    criterion = _criterion(("labels", "boxes", "masks"), WEIGHTS)
+    wrong = total = 0
+    for b, (qi, ti) in enumerate(criterion.matcher(outputs, targets)):
+        pred = outputs["pred_logits"][b, qi].argmax(-1)
+        wrong += int((pred != targets[b]["labels"][ti]).sum())
+        total += len(qi)
+    assert total == 3
+    assert metrics["class_error"] == pytest.approx(100.0 * wrong / total)
 
 
 def test_class_error_counts_wrong_matched_classes():

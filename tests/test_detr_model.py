@@ -231,13 +231,15 @@ def test_batch_equals_single_image_inference(in_feature, mask_head):
     assert (in_batch - by_itself).abs().max() > 1e-3
 
 
-def test_forward_raw_then_postprocessing_equals_inference():
+@pytest.mark.parametrize("merge", ["maskformer", "detr"])
+def test_forward_raw_then_postprocessing_equals_inference(merge):
     """The export path: raw outputs for all queries + ``image_outputs`` give the model's own
     results; the traced raw path runs at another input size with the same outputs."""
     from d2_detr.modeling.inference import image_outputs
 
     model = _build(
-        "MODEL.DETR.TEST.SEMANTIC_ON", "True", "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.2"
+        "MODEL.DETR.TEST.SEMANTIC_ON", "True", "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.2",
+        "MODEL.DETR.TEST.PANOPTIC_MERGE", merge, "MODEL.DETR.TEST.MIN_SEGMENT_AREA", "4",
     ).eval()  # fmt: skip
     with torch.no_grad():
         model.class_embed.bias[-1] = -10.0
@@ -253,6 +255,9 @@ def test_forward_raw_then_postprocessing_equals_inference():
     )  # fmt: skip
     torch.testing.assert_close(got["sem_seg"], expected["sem_seg"])
     assert torch.equal(got["panoptic_seg"][0], expected["panoptic_seg"][0])
+    assert got["panoptic_seg"][1] == expected["panoptic_seg"][1] and len(got["panoptic_seg"][1])
+    if merge == "detr":  # every pixel belongs to a segment (small ones are re-assigned)
+        assert (got["panoptic_seg"][0] > 0).all()
     assert torch.equal(got["instances"].pred_boxes.tensor, expected["instances"].pred_boxes.tensor)
 
     class Raw(torch.nn.Module):
