@@ -126,3 +126,18 @@ def test_bad_inputs(mask, kind, scale, message):
     with pytest.raises(ValueError, match="measure_defect") as info:
         measure_defect(mask, kind, mm_per_pixel=scale)
     assert message in str(info.value)
+
+
+def test_spall_with_holes_is_measured_by_its_extent():
+    """A spall with bars showing through (holes in its mask): the outline's extent, not a path
+    winding around the holes."""
+    mask = np.zeros((120, 120), np.uint8)
+    cv2.circle(mask, (60, 60), 40, 1, -1)
+    mask[45:50, 15:105] = 0  # two bars cut across (the rebar segments take these pixels)
+    mask[70:75, 15:105] = 0
+    mask = mask.astype(bool)
+    m = measure_defect(mask, "spall", mm_per_pixel=2.0)
+    assert m["length_px"] == pytest.approx(81, abs=2)
+    assert m["width_max_px"] == pytest.approx(81, abs=2)
+    assert m["area_px"] == int(mask.sum()) and m["area_mm2"] == pytest.approx(4 * mask.sum())
+    assert m["length_mm"] == pytest.approx(2 * m["length_px"], abs=1e-3)

@@ -15,6 +15,9 @@ Method (FACTS.md section 6, accuracy measured by ``python -m benchmarks.bench_me
   ``scipy.ndimage.distance_transform_edt``, minus the half pixel between a pixel centre and the
   pixel edge, so a band of ``w`` pixels is ``w`` wide, not ``w + 1``), bilinearly interpolated.
 
+Spalls are areas: their length is the maximum Feret diameter of the mask with holes filled, the
+width the extent at right angles to it (see ``measure_defect``).
+
 Units: pixels (one pixel = one unit of image width/height); with ``mm_per_pixel`` also mm and mm^2.
 Orientation: degrees in [0, 180) of the main path's principal direction, 0 = horizontal (along the
 image rows, left to right), counter-clockwise as seen on screen (90 = vertical).
@@ -26,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
+from scipy.spatial import ConvexHull
 from skimage.morphology import skeletonize
 
 __all__ = ["measure_defect", "KINDS", "MEASURE_FIELDS"]
@@ -205,6 +209,25 @@ def _orientation(points):
     return float(math.degrees(math.atan2(-dy, dx)) % 180.0) % 180.0
 
 
+def _extent(mask):
+    """
+    Area-type defect (spall): the filled mask's maximum Feret diameter (over the pixel squares'
+    corners), its direction, and the extent across it. Returns (length, width_across, angle_deg).
+    """
+    ys, xs = np.nonzero(mask)
+    corners = np.concatenate(
+        [np.stack([ys + dy, xs + dx], 1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)]
+    ).astype(float)
+    hull = corners[ConvexHull(corners).vertices]
+    diff = hull[:, None, :] - hull[None, :, :]
+    dist = np.hypot(diff[..., 0], diff[..., 1])
+    i, j = np.unravel_index(np.argmax(dist), dist.shape)
+    dy, dx = (hull[j] - hull[i]) / max(dist[i, j], 1e-9)
+    across = hull @ np.array([dx, -dy])  # projection on the normal (y, x) = (dx, -dy)
+    angle = math.degrees(math.atan2(-dy, dx)) % 180.0
+    return float(dist[i, j]), float(np.ptp(across)), angle % 180.0
+
+
 def measure_defect(mask, kind, mm_per_pixel=None):
     """
     Measure one defect.
@@ -213,9 +236,11 @@ def measure_defect(mask, kind, mm_per_pixel=None):
         mask: (H, W) bool numpy array (0/1 integers accepted), the pixels of ONE defect.
             Several connected pieces are measured piece by piece (lengths add up;
             ``components`` counts them).
-        kind: "crack", "spall" or "rebar". All kinds get the same keys: for a spall or a rebar
-            ``length_px`` is the centre-line length of the longest skeleton path plus the end
-            distances to the edge (its major extent along that line) and the widths are across it.
+        kind: "crack", "spall" or "rebar". All kinds get the same keys. Crack and rebar: the
+            centre line as above. Spall (an area, often with holes where bars show): the mask
+            with its holes filled; ``length_px`` = its maximum Feret diameter (major extent),
+            ``width_max_px`` = its extent at right angles to that, ``width_mean_px`` = filled
+            area / length, ``orientation_deg`` = the Feret direction.
         mm_per_pixel: image scale (float > 0) or None (pixels only).
     Returns:
         dict: ``area_px`` (int), ``length_px``, ``width_max_px`` (max of the width profile
@@ -233,9 +258,39 @@ def measure_defect(mask, kind, mm_per_pixel=None):
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     crop = np.pad(mask[y0:y1, x0:x1], 2)  # a background margin: the edge is always found
+
+    out = {
+        "kind": kind,
+        "area_px": int(len(ys)),
+        "perimeter_px": round(float(perimeter(crop)), 3),
+        "components": int(ndimage.label(crop, structure=np.ones((3, 3)))[1]),
+        "bbox": [int(x0), int(y0), int(x1), int(y1)],
+        "mm_per_pixel": None if mm_per_pixel is None else float(mm_per_pixel),
+    }
+    if kind == "spall":
+        filled = ndimage.binary_fill_holes(crop)
+        length, across, orientation = _extent(filled)
+        out.update(
+            length_px=round(length, 3),
+            width_max_px=round(across, 3),
+            width_mean_px=round(float(filled.sum()) / length, 3),
+            orientation_deg=round(orientation, 2),
+        )
+    else:
+        out.update(_centre_line_measures(crop))
+    if mm_per_pixel is not None:
+        s = float(mm_per_pixel)
+        out["length_mm"] = round(out["length_px"] * s, 4)
+        out["width_max_mm"] = round(out["width_max_px"] * s, 4)
+        out["width_mean_mm"] = round(out["width_mean_px"] * s, 4)
+        out["area_mm2"] = round(out["area_px"] * s * s, 4)
+    return {k: out[k] for k in ["kind"] + MEASURE_FIELDS + ["mm_per_pixel"] + MM_FIELDS if k in out}
+
+
+def _centre_line_measures(crop):
+    """length_px, width_max_px, width_mean_px, orientation_deg of a (padded) crack/rebar mask."""
     sdf = _signed_distance(crop)
     max_len = 2.0 * float(sdf.max()) + 4.0
-
     length = 0.0
     widths = []
     longest = None
@@ -271,23 +326,9 @@ def measure_defect(mask, kind, mm_per_pixel=None):
         orientation = _orientation(longest)
     else:
         orientation = _orientation(np.argwhere(crop).astype(float))
-    n_comp = int(ndimage.label(mask[y0:y1, x0:x1], structure=np.ones((3, 3)))[1])
-    out = {
-        "kind": kind,
-        "area_px": int(len(ys)),
+    return {
         "length_px": round(float(length), 3),
         "width_max_px": round(float(profile.max()), 3),
         "width_mean_px": round(float(profile.mean()), 3),
         "orientation_deg": round(orientation, 2),
-        "perimeter_px": round(float(perimeter(crop)), 3),
-        "components": n_comp,
-        "bbox": [int(x0), int(y0), int(x1), int(y1)],
-        "mm_per_pixel": None if mm_per_pixel is None else float(mm_per_pixel),
     }
-    if mm_per_pixel is not None:
-        s = float(mm_per_pixel)
-        out["length_mm"] = round(out["length_px"] * s, 4)
-        out["width_max_mm"] = round(out["width_max_px"] * s, 4)
-        out["width_mean_mm"] = round(out["width_mean_px"] * s, 4)
-        out["area_mm2"] = round(out["area_px"] * s * s, 4)
-    return out

@@ -57,6 +57,10 @@ IMAGE_FIELDS_TAIL = ["defect_area_pct", "worst_grade"]
 IMAGE_FIELDS = IMAGE_FIELDS_HEAD + IMAGE_FIELDS_TAIL  # plus num_<class> in between
 
 
+# Report precision: 0.01 px (well below the measured accuracy), 0.001 mm, 0.01 mm^2.
+_DECIMALS = {"length_mm": 3, "width_max_mm": 3, "width_mean_mm": 3, "area_mm2": 2}
+
+
 def _kind_of(class_name, kinds):
     if kinds is not None and class_name in kinds:
         return kinds[class_name]
@@ -122,10 +126,10 @@ def defects_from_panoptic(
             y0, y1, x0, x1 = row["bbox_y0"], row["bbox_y1"], row["bbox_x0"], row["bbox_x1"]
             m = measure_defect(mask[y0:y1, x0:x1], kind, mm_per_pixel)
             for key in DEFECT_FIELDS:
-                if key in m and key not in ("area_px",):
-                    row[key] = m[key]
+                if key in m and key != "area_px" and m[key] is not None:
+                    row[key] = round(m[key], _DECIMALS.get(key, 2))
         elif mm_per_pixel is not None:
-            row["area_mm2"] = round(len(ys) * float(mm_per_pixel) ** 2, 4)
+            row["area_mm2"] = round(len(ys) * float(mm_per_pixel) ** 2, 2)
         row["grade"], row["grade_level"] = grade_defect(name, row, rules)
         rows.append(row)
     return rows
