@@ -1,6 +1,8 @@
 """The DETR meta-architecture end to end on tiny CPU models."""
 
 import d2_detr  # noqa: F401  # isort: skip  (compat before torchvision)
+import copy
+
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
@@ -56,6 +58,11 @@ def test_mask_head_parameters_keep_their_top_level_names(head, prefixes):
         model.load_state_dict({k: v + 0.5 if k in head_keys else v for k, v in sd.items()})
         after = model.forward_raw(images.tensor, mask)["pred_masks"]
     assert not torch.allclose(before, after)
+    # a deep copy (EMA weights, ...) keeps head and model on the same (copied) modules
+    twin = copy.deepcopy(model)
+    for name, p in twin.mask_predictor.named_parameters():
+        assert twin.get_parameter(name) is p and p is not model.get_parameter(name)
+    assert not twin.eval().mask_predictor.training
 
 
 def test_train_losses_finite_and_backward_reaches_every_parameter():
