@@ -200,3 +200,46 @@ def test_cli_exit_status(root, data_cli, capsys):
     assert main([str(root), "--workers", "2"]) == 1
     out, err = capsys.readouterr()
     assert "segment 77" in out and "2 problem(s)" in err
+
+
+def test_malformed_structure_is_located_and_the_rest_still_checked(data_synthetic_root, tmp_path):
+    root = tmp_path / "syn"
+    shutil.copytree(data_synthetic_root, root)
+
+    def corrupt(d):
+        d["annotations"][0]["segments_info"] = None
+        d["annotations"][1]["segments_info"][0]["id"] = "1"
+        d["annotations"][2]["segments_info"][0]["area"] += 5  # a content fault, well-formed
+        d["annotations"][3]["image_id"] = [3]
+        d["images"][4] = "00004.jpg"
+        d["categories"].append({"id": "9", "name": "dent"})
+
+    edit_json(train_json(root), corrupt)
+    problems = check_panoptic(str(root))
+    name = "panoptic_train.json: "
+    one_problem_like(problems, name + "annotations[0].segments_info: expected a list, got null")
+    one_problem_like(problems, name + "annotations[1].segments_info[0].id: expected an integer")
+    one_problem_like(problems, name + "annotations[3].image_id: expected an integer, got a list")
+    one_problem_like(problems, name + "images[4]: expected an object, got a string")
+    one_problem_like(problems, name + "categories[4].id: expected an integer")
+    with open(train_json(root)) as f:
+        third = json.load(f)["annotations"][2]
+    one_problem_like(problems, third["file_name"], "area", "in json !=")  # still checked
+
+
+@pytest.mark.parametrize("top", [[], "text", 3, None])
+def test_top_level_not_an_object(root, top):
+    with open(train_json(root), "w") as f:
+        json.dump(top, f)
+    problems = check_panoptic(str(root))
+    one_problem_like(problems, "panoptic_train.json: top level: expected an object")
+
+
+def test_cli_unusable_input_exits_2(root, data_cli, capsys, tmp_path):
+    main = data_cli("check_panoptic").main
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "nope: does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no panoptic_*.json" in capsys.readouterr().err
+    assert main([str(root), "--workers", "0"]) == 2
