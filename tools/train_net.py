@@ -7,7 +7,8 @@ Train or evaluate DETR panoptic with Detectron2.
     python tools/train_net.py --config-file CFG --resume            # continue after a kill
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/x/model_final.pth
 
-Multi-GPU: ``--num-gpus N`` (Detectron2's ``launch``); on CPU only one process is possible.
+Several processes: ``--num-gpus N`` (one per GPU, or N CPU processes with gloo),
+``--num-machines M --machine-rank K --dist-url tcp://HOST:PORT``, or started by ``torchrun``.
 Bad input (config file, keys, datasets, weights, OUTPUT_DIR) ends with a message naming it and
 exit code 2, checked before the model is built; ``--debug`` or ``D2_DETR_DEBUG=1`` shows the
 traceback.
@@ -15,11 +16,12 @@ traceback.
 
 import d2_detr  # noqa: F401  # isort: split  (compat patches before detectron2 imports)
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from d2_detr.engine import DETRCheckpointer, DETRTrainer
+from d2_detr.engine.launch import add_launch_arguments, launch_from_args
 from d2_detr.engine.setup import (
     check_datasets,
     check_num_classes,
@@ -102,7 +104,7 @@ def worker_main(args):
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
+    parser = add_launch_arguments(default_argument_parser())
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser.parse_args(argv)
 
@@ -110,12 +112,5 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    run_cli(
-        launch,
-        worker_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    # d2_detr's launch: gloo on CPU / NCCL on GPU, torchrun, launch arguments checked
+    run_cli(launch_from_args, worker_main, args)

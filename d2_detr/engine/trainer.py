@@ -13,7 +13,6 @@ from detectron2.data import (
 )
 from detectron2.data.common import DatasetFromList
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import (
     COCOEvaluator,
     DatasetEvaluators,
@@ -24,7 +23,9 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import DetrPanopticDatasetMapper
 from .checkpointer import DETRCheckpointer
+from .ema import insert_ema_hook
 from .hooks import StopTraining
+from .launch import create_ddp_model
 from .optimizer import build_detr_optimizer
 from .panoptic_evaluation import DETRPanopticEvaluator
 from .train_loader import ResumableTrainLoader, derive_seed, seed_all
@@ -174,7 +175,8 @@ class DETRTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        return [IterationSeed()] + super().build_hooks()
+        # EMA of the weights (MODEL.EMA) goes before the checkpointer and evaluation hooks
+        return insert_ema_hook(self, [IterationSeed()] + super().build_hooks())
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
