@@ -10,25 +10,38 @@ independent of other processes sharing the cores) and writes
 ``output/benchmarks/bench_convert.json``. Target: >= 50 images/s on 2 cores, i.e. at most
 about 40 CPU ms per image.
 
+Second table: does the hand-written panoptic PNG encoder matter? CPU ms per image to encode the
+converted id maps with ``encode_panoptic_png`` (filter None, zlib level 1) vs OpenCV's
+``imencode`` (libpng, default level 3 and level 1) and Pillow (default level 6 and level 1), min
+over ``--runs``, and each as a share of the converter's CPU ms per image.
+
     python -m benchmarks.bench_convert [--num 240] [--runs 3]   (or python benchmarks/...py)
 """
 
 import argparse
+import io
 import os
 import resource
 import shutil
 import sys
 import tempfile
+import time
 
+import cv2
 import numpy as np
 from PIL import Image
 
 import d2_detr  # noqa: F401
 from d2_detr.data.conversion import convert_concrete_dataset
-from d2_detr.data.synthetic import draw_synthetic_sample
+from d2_detr.data.panoptic_format import encode_panoptic_png, id2rgb, read_panoptic_png
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import interleaved_timing, markdown_table, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    interleaved_timing,
+    load_synthetic,
+    markdown_table,
+    write_result,
+)
 
 SIZE = (1008, 754)
 
@@ -49,7 +62,7 @@ def make_raw(folder, num, distinct, seed=0):
         stem = f"{i:05d}"
         if i < distinct:
             rng = np.random.default_rng([seed, i])
-            img, masks = draw_synthetic_sample(rng, SIZE, 0.1)
+            img, masks = load_synthetic().draw_synthetic_sample(rng, SIZE, 0.1)
             if masks and i % 30:  # like the real data: 97 % of the images hold one class
                 keep = sorted(masks)[int(rng.integers(len(masks)))]
                 masks = {keep: masks[keep]}
@@ -71,6 +84,38 @@ def make_raw(folder, num, distinct, seed=0):
                     )
         n_masks = len(os.listdir(os.path.join(folder, "masks")))
     return n_masks
+
+
+def _pil_png(id_map, level):
+    buf = io.BytesIO()
+    Image.fromarray(id2rgb(id_map)).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+PNG_ENCODERS = {
+    "encode_panoptic_png (own, level 1)": encode_panoptic_png,
+    "cv2.imencode (libpng, level 3 default)": lambda m: cv2.imencode(
+        ".png", np.ascontiguousarray(id2rgb(m)[:, :, ::-1])
+    )[1],
+    "cv2.imencode (libpng, level 1)": lambda m: cv2.imencode(
+        ".png", np.ascontiguousarray(id2rgb(m)[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )[1],
+    "Pillow (level 6 default)": lambda m: _pil_png(m, 6),
+    "Pillow (level 1)": lambda m: _pil_png(m, 1),
+}
+
+
+def png_encoder_costs(id_maps, runs):
+    """CPU ms per id map and mean bytes of each PNG encoder (min CPU over ``runs``)."""
+    out = {}
+    for name, encode in PNG_ENCODERS.items():
+        best, size = float("inf"), 0
+        for _ in range(runs):
+            start = time.process_time()
+            size = sum(len(encode(m)) for m in id_maps)
+            best = min(best, time.process_time() - start)
+        out[name] = {"cpu_ms": 1000 * best / len(id_maps), "bytes": size / len(id_maps)}
+    return out
 
 
 def main(argv=None):
@@ -107,6 +152,10 @@ def main(argv=None):
         load_before = os.getloadavg()[0]
         timing = interleaved_timing(timed, runs=args.runs, warmup=0)
         load_after = os.getloadavg()[0]
+        pan = os.path.join(work, "out1", "panoptic_train")
+        id_maps = [read_panoptic_png(os.path.join(pan, n))[0] for n in sorted(os.listdir(pan))]
+        id_maps = id_maps[: args.distinct]
+        png_costs = png_encoder_costs(id_maps, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows, results = [], {}
@@ -118,6 +167,13 @@ def main(argv=None):
     print(f"convert_concrete_dataset, {args.num} images {SIZE[0]}x{SIZE[1]}, {n_masks} JPEG masks")
     print(f"load average before/after: {load_before:.1f} / {load_after:.1f} on {cores} cores")
     print(markdown_table(["run", "median s", "images/s", "CPU ms / image"], rows))
+    convert_ms = results["workers=1"]["cpu_ms_per_image"]
+    png_rows = [
+        [name, f"{c['cpu_ms']:.2f}", f"{100 * c['cpu_ms'] / convert_ms:.1f} %", f"{c['bytes']:.0f}"]
+        for name, c in png_costs.items()
+    ]
+    print(f"\npanoptic PNG encoding of {len(id_maps)} converted id maps ({SIZE[0]}x{SIZE[1]})")
+    print(markdown_table(["encoder", "CPU ms / image", "of convert CPU", "bytes"], png_rows))
     path = write_result(
         "bench_convert",
         {
@@ -126,6 +182,7 @@ def main(argv=None):
             "num_masks": n_masks,
             "load_average": [load_before, load_after],
             "results": results,
+            "png_encoders": png_costs,
         },
     )
     print(f"wrote {path}")

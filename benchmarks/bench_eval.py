@@ -20,10 +20,9 @@ from detectron2.evaluation import COCOPanopticEvaluator
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from benchmarks.common import markdown_table, write_result
+from benchmarks.common import load_synthetic, markdown_table, write_result
 from d2_detr.data.conversion import convert_concrete_dataset
 from d2_detr.data.datasets.register_concrete_defects import register_concrete_defects
-from d2_detr.data.synthetic import make_synthetic_concrete
 
 
 def eroded_prediction(record):
@@ -47,7 +46,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         raw, out = os.path.join(tmp, "raw"), os.path.join(tmp, "converted")
-        make_synthetic_concrete(raw, args.num, seed=3, size=(1008, 754))
+        load_synthetic().make_synthetic_concrete(raw, args.num, seed=3, size=(1008, 754))
         convert_concrete_dataset(raw, out, val_fraction=0.0, progress=False)
         (name,) = register_concrete_defects(out, name_prefix="bench_eval", splits=("train",))
         records = DatasetCatalog.get(name)

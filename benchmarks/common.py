@@ -109,6 +109,21 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
+def load_synthetic():
+    """The synthetic generator ``datasets/synthetic_concrete.py`` (a tool, not in the package)."""
+    import importlib.util
+    import sys
+
+    if "synthetic_concrete" not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.path.join(root, "datasets", "synthetic_concrete.py")
+        spec = importlib.util.spec_from_file_location("synthetic_concrete", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["synthetic_concrete"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["synthetic_concrete"]
+
+
 def write_result(name, payload):
     """Write output/benchmarks/<name>.json (with machine info) and return its path."""
     os.makedirs(OUTPUT_DIR, exist_ok=True)

@@ -2,14 +2,25 @@
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
 import d2_detr  # noqa: F401  (compat before detectron2)
 from d2_detr.data.conversion import convert_concrete_dataset
-from d2_detr.data.synthetic import make_synthetic_concrete
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_synthetic():
+    """The synthetic generator ``datasets/synthetic_concrete.py`` (a tool, not in the package)."""
+    if "synthetic_concrete" not in sys.modules:
+        path = os.path.join(REPO, "datasets", "synthetic_concrete.py")
+        spec = importlib.util.spec_from_file_location("synthetic_concrete", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["synthetic_concrete"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["synthetic_concrete"]
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +33,7 @@ def data_sample_raw():
 def data_synthetic_raw(tmp_path_factory):
     """16 synthetic 96x80 images in the raw layout (seed 0)."""
     out = tmp_path_factory.mktemp("data_synthetic") / "raw"
-    make_synthetic_concrete(out, 16, seed=0, size=(96, 80))
+    load_synthetic().make_synthetic_concrete(out, 16, seed=0, size=(96, 80))
     return str(out)
 
 
