@@ -508,3 +508,15 @@ def test_mask_exif_orientation_is_applied_like_the_image(tmp_path):
     Image.fromarray(stored).save(tmp_path / "m.jpg", quality=95, exif=exif)
     got = read_mask(str(tmp_path / "m.jpg"))
     assert got.shape == upright.shape and (got == (upright > 0)).mean() > 0.99
+
+
+def test_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
+    import cv2
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    grey16 = (xx * 1000 + yy * 10).astype(np.uint16)  # up to 63470: mostly > 255
+    raw = make_raw(tmp_path / "raw", {}, {})
+    cv2.imwrite(os.path.join(raw, "images", "a.png"), grey16)
+    convert(raw, tmp_path / "out", val_fraction=0)
+    got = np.asarray(Image.open(tmp_path / "out" / "train" / "a.jpg").convert("L")).astype(int)
+    assert np.abs(got - grey16 / 257.0).mean() < 2  # clipping would make most pixels 255

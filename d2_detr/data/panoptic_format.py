@@ -41,6 +41,9 @@ _EXIF_ORIENTATION = 274
 def read_image_rgb(path, mode="RGB"):
     """Fully decode an image file (EXIF orientation applied).
 
+    A 16-bit grey image is scaled to 8 bits (value / 257), not clipped as Pillow's ``convert``
+    would.
+
     Returns:
         (H, W, 3) uint8 array for ``mode="RGB"``, (H, W) uint8 for ``mode="L"``.
     Raises:
@@ -50,6 +53,9 @@ def read_image_rgb(path, mode="RGB"):
         with Image.open(path) as img:
             img.load()  # full decode: truncated files raise here
             img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale, do not clip
+                grey = np.round(np.asarray(img, np.float64) / 257.0)
+                img = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L")
             return np.asarray(img.convert(mode))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
