@@ -2,6 +2,7 @@
 (both trainers), eval-only, atomic checkpoints, DETR's optimizer, the two-stage recipe."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -341,3 +342,37 @@ def test_two_stage_recipe(data_root, tmp_path):
             continue
         assert torch.equal(after[k], v), f"{k} changed although the detector is frozen"
     assert any(not torch.equal(after[k], v) for k, v in mask_head_before.items())
+
+
+class _WritesFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpointer_loads_model_zoo_pkl_weights_and_refuses_code(tmp_path):
+    """A Detectron2 model-zoo .pkl (numpy arrays, protocol 2, latin1) loads into the model;
+    a .pkl or .pth that would call a function while loading is refused before it runs."""
+    import numpy as np
+
+    from d2_detr.utils.cli import UserError
+
+    model = nn.Linear(3, 2)
+    weights = {"weight": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.float32([1, 2])}
+    zoo = tmp_path / "zoo.pkl"
+    zoo.write_bytes(pickle.dumps({"model": weights, "__author__": "zoo"}, protocol=2))
+    DETRCheckpointer(model).load(str(zoo))
+    assert torch.equal(model.weight.detach(), torch.arange(6.0).reshape(2, 3))
+    assert torch.equal(model.bias.detach(), torch.tensor([1.0, 2.0]))
+    marker = tmp_path / "pwned"
+    evil_pkl, evil_pth = tmp_path / "evil.pkl", tmp_path / "evil.pth"
+    evil_pkl.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "x": _WritesFile(
+        str(marker))}))  # fmt: skip
+    torch.save({"model": {"weight": torch.zeros(2, 3)}, "x": _WritesFile(str(marker))}, evil_pth)
+    for path in (evil_pkl, evil_pth):
+        with pytest.raises(UserError, match=f"{path.name}.*open"):
+            DETRCheckpointer(model).load(str(path))
+    assert not marker.exists()
+    assert torch.equal(model.bias.detach(), torch.tensor([1.0, 2.0]))  # nothing loaded

@@ -17,7 +17,6 @@ not a checkpoint, refused global).
 import argparse
 import os
 import pickle
-import zipfile
 
 import torch
 
@@ -95,7 +94,9 @@ def load_checkpoint_file(path):
             f"checkpoint {path} is not a readable checkpoint ({msg.splitlines()[0][:200]})",
             "the file may be truncated or in another format; use a complete .pth / .pkl file",
         ) from None
-    except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001  (only the parsing is in the try: any failure of it
+        # on a damaged file, EOFError, zip errors, IndexError or KeyError from the unpickler,
+        # means "not a readable checkpoint")
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise UserError(
             f"checkpoint {path} is not a readable checkpoint ({type(e).__name__}: {first})",
