@@ -132,3 +132,21 @@ def test_bad_scale_and_old_import_path():
     from d2_detr.report import DefectReport as Old
 
     assert Old is DefectReport
+
+
+def test_large_and_missing_segment_ids():
+    pan = np.zeros((30, 40), dtype=np.int64)
+    pan[5:8, 2:30] = 2**30  # an id too large for a bounding-box table: the whole image is scanned
+    infos = [
+        {"id": 2**30, "category_id": 2, "isthing": True},
+        {"id": 7, "category_id": 1, "isthing": True},  # listed but absent from the map
+    ]
+    rows = defects_from_panoptic("x.png", pan, infos, CLASSES)
+    assert len(rows) == 1 and rows[0]["area_px"] == 84 and rows[0]["bbox_x1"] == 30
+    pan[20:25, 10:20] = 3
+    infos.append({"id": 3, "category_id": 0, "isthing": True})
+    pan[pan == 2**30] = 9
+    infos[0]["id"] = 9
+    rows = defects_from_panoptic("x.png", pan, infos, CLASSES)
+    assert [(r["defect_id"], r["area_px"]) for r in rows] == [(9, 84), (3, 50)]
+    assert rows[1]["bbox_y0"] == 20 and rows[1]["length_px"] == pytest.approx(10, abs=0.5)

@@ -11,9 +11,11 @@ Method (FACTS.md section 6, accuracy measured by ``python -m benchmarks.bench_me
 * the skeleton stops short of the tips: the distance from each end to the mask boundary along the
   path's end tangent is added;
 * width is measured across the crack at right angles to the smoothed path: both ways along the
-  normal to the first zero of the signed distance to the mask boundary (two
-  ``scipy.ndimage.distance_transform_edt``, minus the half pixel between a pixel centre and the
-  pixel edge, so a band of ``w`` pixels is ``w`` wide, not ``w + 1``), bilinearly interpolated.
+  normal to the first zero of the signed distance to the mask edge (the exact Euclidean distance
+  transform, ``cv2.distanceTransform``, minus the half pixel between a pixel centre and the
+  pixel edge: for a band of ``w`` pixels the EDT at the centre is (w + 1) / 2, so the raw
+  2 * EDT would read w + 1), bilinearly interpolated, so even widths are not rounded down to
+  the odd width below.
 
 Spalls are areas: their length is the maximum Feret diameter of the mask with holes filled, the
 width the extent at right angles to it (see ``measure_defect``).
@@ -25,6 +27,7 @@ image rows, left to right), counter-clockwise as seen on screen (90 = vertical).
 
 import math
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.sparse import coo_matrix
@@ -87,10 +90,19 @@ def _check_mask(mask, kind, mm_per_pixel):
 
 
 def _signed_distance(mask):
-    """(H, W) bool -> float: distance from each pixel centre to the mask edge, > 0 inside."""
-    inside = ndimage.distance_transform_edt(mask)
-    outside = ndimage.distance_transform_edt(~mask)
-    return np.where(mask, inside - 0.5, 0.5 - outside)
+    """
+    (H, W) bool -> float: distance from each pixel centre to the mask edge, > 0 inside (EDT - 1/2;
+    OpenCV's exact Euclidean transform, same values as scipy's, several times faster). Outside,
+    only the ring of 8-neighbours matters (a ray stops at its first sample <= 0): 1/2 - 1 next to
+    an edge, 1/2 - sqrt(2) at a corner, -1 further out.
+    """
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    sdf = np.where(mask, inside - 0.5, -1.0).astype(np.float64)
+    edge = ndimage.binary_dilation(mask, structure=ndimage.generate_binary_structure(2, 1))
+    corner = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    sdf[corner & ~edge] = 0.5 - math.sqrt(2.0)
+    sdf[edge & ~mask] = -0.5
+    return sdf
 
 
 def _skeleton_paths(skel):
@@ -214,7 +226,7 @@ def _extent(mask):
     Area-type defect (spall): the filled mask's maximum Feret diameter (over the pixel squares'
     corners), its direction, and the extent across it. Returns (length, width_across, angle_deg).
     """
-    ys, xs = np.nonzero(mask)
+    ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))  # the hull needs the rim only
     corners = np.concatenate(
         [np.stack([ys + dy, xs + dx], 1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)]
     ).astype(float)

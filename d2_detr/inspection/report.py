@@ -23,6 +23,7 @@ import io
 import os
 
 import numpy as np
+from scipy import ndimage
 
 from d2_detr.utils.io import atomic_write_json, atomic_write_text
 
@@ -96,21 +97,30 @@ def defects_from_panoptic(
     rules = load_severity() if severity is None else severity
     seg = np.asarray(panoptic_seg.cpu() if hasattr(panoptic_seg, "cpu") else panoptic_seg)
     total = seg.shape[0] * seg.shape[1]
+    # each segment's bounding box in one pass, so a 12-MP photo is not scanned once per defect
+    boxes = ndimage.find_objects(np.maximum(seg, 0)) if 0 < seg.max() < 2**24 else []
     rows = []
     for info in segments_info:
         if not info.get("isthing", True) and not include_stuff:
             continue
-        mask = seg == info["id"]
+        sid = int(info["id"])
+        box = boxes[sid - 1] if 0 < sid <= len(boxes) else None
+        if box is None:  # absent (or ids out of find_objects' range): scan the whole image
+            box = (slice(0, seg.shape[0]), slice(0, seg.shape[1])) if not boxes else None
+        if box is None:
+            continue
+        mask = seg[box] == sid
         ys, xs = np.nonzero(mask)
         if len(ys) == 0:
             continue
+        ys, xs = ys + box[0].start, xs + box[1].start
         name = class_names[info["category_id"]]
         score = info.get("score")
         row = {k: None for k in DEFECT_FIELDS}
         row.update(
             {
                 "image": image,
-                "defect_id": int(info["id"]),
+                "defect_id": sid,
                 "class": name,
                 "score": None if score is None else round(float(score), 4),
                 "area_px": int(len(ys)),
@@ -124,7 +134,7 @@ def defects_from_panoptic(
         kind = _kind_of(name, kinds)
         if kind is not None:
             y0, y1, x0, x1 = row["bbox_y0"], row["bbox_y1"], row["bbox_x0"], row["bbox_x1"]
-            m = measure_defect(mask[y0:y1, x0:x1], kind, mm_per_pixel)
+            m = measure_defect(seg[y0:y1, x0:x1] == sid, kind, mm_per_pixel)
             for key in DEFECT_FIELDS:
                 if key in m and key != "area_px" and m[key] is not None:
                     row[key] = round(m[key], _DECIMALS.get(key, 2))
