@@ -520,3 +520,41 @@ def test_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
     convert(raw, tmp_path / "out", val_fraction=0)
     got = np.asarray(Image.open(tmp_path / "out" / "train" / "a.jpg").convert("L")).astype(int)
     assert np.abs(got - grey16 / 257.0).mean() < 2  # clipping would make most pixels 255
+
+
+def test_masks_to_panoptic_is_a_pure_function_with_exact_output():
+    """Hand-made masks in, exact id map / segments / stats out (no files involved)."""
+    from d2_detr.data.conversion import masks_to_panoptic
+
+    h, w = 20, 30
+    spall = np.zeros((h, w), bool)
+    spall[2:12, 2:22] = True  # 200 px
+    crack = np.zeros((h, w), bool)
+    crack[6:8, 0:30] = True  # 60 px, 40 of them on the spall, cuts it in two
+    crack[15:17, 25:27] = True  # a 4 px speck
+    rebar = np.zeros((h, w), bool)
+    masks = {"spall": spall, "crack": crack, "rebar": rebar}
+    before = {k: v.copy() for k, v in masks.items()}
+    id_map, segments, stats = masks_to_panoptic(masks, (h, w), 16, ("crack", "rebar", "spall"))
+    assert all((masks[k] == before[k]).all() for k in masks)  # inputs untouched
+    assert stats == {
+        "dropped_specks": 1,
+        "dropped_speck_pixels": 4,
+        "overlap_pixels": 40,
+        "dropped_after_overlap": 0,
+        "empty_masks": 1,
+    }
+    # spall (category 2) first, then crack (3), background (4) last
+    assert segments == [
+        {"id": 1, "category_id": 2, "iscrowd": 0, "area": 160, "bbox": [2, 2, 20, 10]},
+        {"id": 2, "category_id": 3, "iscrowd": 0, "area": 60, "bbox": [0, 6, 30, 2]},
+        {"id": 3, "category_id": 4, "iscrowd": 0, "area": 600 - 220, "bbox": [0, 0, 30, 20]},
+    ]
+    assert (id_map[6:8] == 2).all() and id_map[3, 3] == 1 and id_map[10, 20] == 1
+    assert id_map[16, 26] == 3 and id_map.dtype == np.int32 and id_map.min() == 1
+    # the other priority: spall keeps the contested pixels, the crack is left 20 px in 2 parts
+    id_map, segments, stats = masks_to_panoptic(masks, (h, w), 16, ("spall", "crack", "rebar"))
+    assert [s["area"] for s in segments] == [200, 20, 380] and stats["overlap_pixels"] == 40
+    # ... and with min_area 21 that crack is dropped after the overlap
+    _, segments, stats = masks_to_panoptic(masks, (h, w), 21, ("spall", "crack", "rebar"))
+    assert [s["category_id"] for s in segments] == [2, 4] and stats["dropped_after_overlap"] == 1
