@@ -38,7 +38,7 @@ setup(
         "psutil",
     ],
     extras_require={
-        "dev": ["pytest", "black", "isort", "flake8"],
+        "dev": ["pytest", "black", "isort", "flake8", "onnx", "onnxruntime"],
         "bench": ["transformers>=5"],
     },
 )
