@@ -50,9 +50,9 @@ def pytorch_raw(model, image):
 def decision_margin(raw, settings, canvas_size, image_size):
     """
     (H, W) margin of the panoptic merge's per-pixel arg-max for one image's raw outputs
-    (results at the input size; ``canvas_size``: the padded input): top-1 minus top-2 over the kept queries of score x mask
-    probability (MaskFormer merge with ``SCORE_WEIGHTED_MASKS``) or of the mask logit; +inf
-    where fewer than two queries compete.
+    (results at the input size; ``canvas_size``: the padded input): top-1 minus top-2 over
+    the kept queries of score x mask probability (MaskFormer merge with
+    ``SCORE_WEIGHTED_MASKS``) or of the mask logit; +inf where fewer than two queries compete.
     """
     logits = raw["pred_logits"][0].float()
     keep = select_panoptic_queries(logits, settings.object_mask_threshold)
