@@ -13,7 +13,6 @@ from torch import nn
 
 from .backbone import build_detr_backbone, downsample_mask
 from .criterion import SetCriterion
-from .dataset_meta import class_priority, dataset_classes
 from .dense_class_loss import DenseClassLoss
 from .inference import InferenceSettings, image_outputs, queries_needing_masks
 from .mask_heads import build_mask_head
@@ -126,7 +125,6 @@ class DETR(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         d = cfg.MODEL.DETR
-        thing_ids = dataset_classes(cfg)
         backbone = build_detr_backbone(cfg)
         transformer = Transformer(
             d_model=d.HIDDEN_DIM,
@@ -157,24 +155,6 @@ class DETR(nn.Module):
         else:
             losses = ["labels", "boxes"] + (["masks"] if d.MASK_ON else [])
         criterion = SetCriterion(d.NUM_CLASSES, matcher, weight_dict, d.NO_OBJECT_WEIGHT, losses)
-        t = d.TEST
-        split = t.COMPONENTS.ENABLED and t.PANOPTIC_ON
-        settings = InferenceSettings(
-            thing_ids=frozenset(thing_ids),
-            num_classes=d.NUM_CLASSES,
-            panoptic_on=t.PANOPTIC_ON,
-            instance_on=t.INSTANCE_ON,
-            semantic_on=t.SEMANTIC_ON,
-            panoptic_merge=t.PANOPTIC_MERGE,
-            object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
-            overlap_threshold=t.OVERLAP_THRESHOLD,
-            min_segment_area=t.MIN_SEGMENT_AREA,
-            score_weighted_masks=t.SCORE_WEIGHTED_MASKS,
-            boxes_from_masks=t.BOXES_FROM_MASKS,
-            split_components=split,
-            class_priority=class_priority(cfg, thing_ids) if split else (),
-            component_min_fraction=t.COMPONENTS.MIN_FRACTION,
-        )
         return {
             "backbone": backbone,
             "transformer": transformer,
@@ -184,7 +164,7 @@ class DETR(nn.Module):
             "num_queries": d.NUM_OBJECT_QUERIES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "inference_settings": settings,
+            "inference_settings": InferenceSettings.from_config(cfg),
             "in_feature": d.IN_FEATURE,
             "deep_supervision": d.DEEP_SUPERVISION,
             "freeze_detector": d.FREEZE_DETECTOR,

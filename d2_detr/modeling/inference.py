@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .component_split import split_into_components
+from .dataset_meta import class_priority, dataset_classes
 from .postprocess import (
     class_scores,
     detr_panoptic_inference,
@@ -48,6 +49,29 @@ class InferenceSettings:
                 f"MODEL.DETR.TEST.PANOPTIC_MERGE {self.panoptic_merge!r}: choose from "
                 f"{list(PANOPTIC_MERGES)}"
             )
+
+    @classmethod
+    def from_config(cls, cfg):
+        """``MODEL.DETR.TEST`` and the datasets' metadata (thing classes, class priority)."""
+        d, t = cfg.MODEL.DETR, cfg.MODEL.DETR.TEST
+        thing_ids = dataset_classes(cfg)
+        split = t.COMPONENTS.ENABLED and t.PANOPTIC_ON
+        return cls(
+            thing_ids=frozenset(thing_ids),
+            num_classes=d.NUM_CLASSES,
+            panoptic_on=t.PANOPTIC_ON,
+            instance_on=t.INSTANCE_ON,
+            semantic_on=t.SEMANTIC_ON,
+            panoptic_merge=t.PANOPTIC_MERGE,
+            object_mask_threshold=t.OBJECT_MASK_THRESHOLD,
+            overlap_threshold=t.OVERLAP_THRESHOLD,
+            min_segment_area=t.MIN_SEGMENT_AREA,
+            score_weighted_masks=t.SCORE_WEIGHTED_MASKS,
+            boxes_from_masks=t.BOXES_FROM_MASKS,
+            split_components=split,
+            class_priority=class_priority(cfg, thing_ids) if split else (),
+            component_min_fraction=t.COMPONENTS.MIN_FRACTION,
+        )
 
     @property
     def masks_needed(self):
