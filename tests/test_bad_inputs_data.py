@@ -111,9 +111,15 @@ def _break_raw(raw, case):
         os.remove(masks / "bspall.png.loop2")
         os.symlink(masks / "bspall.png.loop", masks / "bspall.png.loop2")
         return [], ["bspall.png", "symlink loop"]
-    if case == "corrupt_image":
+    if case in ("corrupt_image", "corrupt_image_two_workers"):
         (img / "b.jpg").write_bytes(b"this is not a jpeg")
-        return [], ["b.jpg", "corrupt or unreadable"]
+        return (["--workers", "2"] if "two" in case else []), ["b.jpg", "corrupt or unreadable"]
+    if case == "dangling_symlink_mask_two_workers":
+        os.symlink(raw / "gone.png", masks / "bcrack.png")
+        return ["--workers", "2"], ["bcrack.png", "dangling symlink"]
+    if case == "mask_size_differs_two_workers":
+        Image.fromarray(np.zeros((40, 64), np.uint8)).save(masks / "bspall.png")
+        return ["--workers", "2"], ["bspall.png", "64x40", "re-export"]
     if case == "truncated_mask":
         data = (masks / "acrack.png").read_bytes()
         (masks / "acrack.png").write_bytes(data[: len(data) // 2])
@@ -154,6 +160,9 @@ CONVERTER_CASES = [
     "dangling_symlink_image",
     "symlink_loop_mask",
     "corrupt_image",
+    "corrupt_image_two_workers",
+    "dangling_symlink_mask_two_workers",
+    "mask_size_differs_two_workers",
     "truncated_mask",
     "empty_mask_file",
     "mask_size_differs",

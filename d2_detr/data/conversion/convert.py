@@ -48,7 +48,8 @@ def convert_image(task):
         if mask.shape != (height, width):
             raise RawDatasetError(
                 f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
-                f"{width}x{height} of {image_path}"
+                f"{width}x{height} of {image_path}",
+                "re-export the mask at the size of its image (same orientation)",
             )
         binary[cls] = mask
     id_map, segments, stats = masks_to_panoptic(
