@@ -100,6 +100,7 @@ def test_mm_units():
     mask = _band(6, 40) >= 0.5
     px = measure_defect(mask, "crack")
     mm = measure_defect(mask.astype(np.uint8), "crack", mm_per_pixel=0.25)
+    assert measure_defect(mask.astype(np.uint8) * 255, "crack") == px  # OpenCV-style 0/255
     assert "length_mm" not in px and px["mm_per_pixel"] is None
     assert mm["length_mm"] == pytest.approx(0.25 * px["length_px"], abs=1e-3)
     assert mm["width_max_mm"] == pytest.approx(0.25 * px["width_max_px"], abs=1e-3)
@@ -113,6 +114,8 @@ def test_mm_units():
         (np.zeros((5, 5), bool), "crack", None, "empty"),
         (np.ones((2, 5, 5), bool), "crack", None, "2-D"),
         (np.full((5, 5), 0.5), "crack", None, "only 0 and 1"),
+        (np.full((5, 5), 2, np.uint8), "crack", None, "only 0 and 1"),
+        (np.full((5, 5), 255, np.int32), "crack", None, "only 0 and 1"),
         (np.array([["a"]]), "crack", None, "dtype"),
         ([[True]], "crack", None, "numpy array"),
         (np.ones((5, 5), bool), "pothole", None, "kind='pothole'"),

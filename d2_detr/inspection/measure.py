@@ -78,10 +78,11 @@ def _check_mask(mask, kind, mm_per_pixel):
     if mask.dtype != bool:
         if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
             raise ValueError(f"measure_defect: mask must be bool (or 0/1), got dtype {mask.dtype}")
-        if not np.isin(mask, (0, 1)).all():
+        allowed = (0, 255) if mask.dtype == np.uint8 and mask.max() == 255 else (0, 1)
+        if not np.isin(mask, allowed).all():
             raise ValueError(
-                "measure_defect: mask must be bool or hold only 0 and 1 "
-                f"(dtype {mask.dtype} with other values); threshold it first"
+                "measure_defect: mask must be bool or hold only 0 and 1 (or 0 and 255 as uint8); "
+                f"got dtype {mask.dtype} with other values: threshold it first"
             )
         mask = mask.astype(bool)
     if not mask.any():
@@ -245,7 +246,8 @@ def measure_defect(mask, kind, mm_per_pixel=None):
     Measure one defect.
 
     Args:
-        mask: (H, W) bool numpy array (0/1 integers accepted), the pixels of ONE defect.
+        mask: (H, W) bool numpy array (0/1 numbers or a 0/255 uint8 mask accepted), the pixels
+            of ONE defect.
             Several connected pieces are measured piece by piece (lengths add up;
             ``components`` counts them).
         kind: "crack", "spall" or "rebar". All kinds get the same keys. Crack and rebar: the
