@@ -30,9 +30,6 @@ MASK_EXTENSIONS = (".jpg", ".jpeg", ".png")
 class RawDatasetError(UserError, ValueError):
     """The raw dataset or the conversion settings are invalid; the message names the file."""
 
-    def __reduce__(self):  # keep the hint when raised in a worker process
-        return type(self), (self.args[0], self.hint)
-
 
 def threshold_fraction(threshold):
     """The mask threshold as a fraction of the mask's type range.
