@@ -292,3 +292,23 @@ def test_bad_launch_argument_from_the_command_line(data_root):
                     "OUTPUT_DIR", out, env={"DETECTRON2_DATASETS": data_root})  # fmt: skip
     assert_user_error(proc, "--num-gpus 0")
     assert not os.path.exists(out)
+
+
+def test_cpu_threads_split_between_local_processes(monkeypatch):
+    from d2_detr.engine import launch as d2_launch
+
+    assert d2_launch.threads_per_process(2, cores=8) == 4
+    assert d2_launch.threads_per_process(3, cores=8) == 2
+    assert d2_launch.threads_per_process(4, cores=2) == 1
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(d2_launch, "threads_per_process", lambda n: 7 if n == 2 else 0)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        d2_launch._set_threads(2)
+        assert torch.get_num_threads() == 7 and os.environ["OMP_NUM_THREADS"] == "7"
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice is kept
+        d2_launch._set_threads(2)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
