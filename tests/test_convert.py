@@ -558,3 +558,22 @@ def test_masks_to_panoptic_is_a_pure_function_with_exact_output():
     # ... and with min_area 21 that crack is dropped after the overlap
     _, segments, stats = masks_to_panoptic(masks, (h, w), 21, ("spall", "crack", "rebar"))
     assert [s["category_id"] for s in segments] == [2, 4] and stats["dropped_after_overlap"] == 1
+
+
+def test_write_failure_is_a_clear_error_and_out_is_kept(tmp_path, data_sample_raw, monkeypatch):
+    import errno
+
+    from d2_detr.data.conversion import convert as pipeline
+
+    out = tmp_path / "out"
+    convert(data_sample_raw, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def disk_full(path, id_map):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline, "write_panoptic_png", disk_full)
+    with pytest.raises(RawDatasetError, match=r"\.png: cannot write the output \(No space left"):
+        convert(data_sample_raw, out, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

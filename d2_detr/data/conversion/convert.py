@@ -205,6 +205,12 @@ def convert_concrete_dataset(
                     f"converted output failed validation ({len(problems)} problems):\n  {shown}"
                 )
         publish(tmp, out_dir)
+    except OSError as e:  # disk full, read-only file system, ...: nothing published
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RawDatasetError(
+            f"{e.filename or out_dir}: cannot write the output ({e.strerror or e})",
+            f"{out_dir} was left as it was; free space or choose another --out",
+        ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
