@@ -144,9 +144,13 @@ def image_outputs(
     position = torch.full((q,), -1, dtype=torch.long, device=logits.device)
     position[query_index] = torch.arange(len(query_index), device=logits.device)
     mask_logits = mask_logits.float()
-    # input-resolution logits (DETR's merging works there), then the output size
-    at_input = resize_mask_logits(mask_logits, canvas_size, image_size, image_size)
-    masks = resize_mask_logits(at_input, image_size, image_size, output_size)
+    detr_merge = settings.panoptic_on and settings.panoptic_merge == "detr"
+    if detr_merge and tuple(image_size) != tuple(output_size):
+        # DETR's merging works at the input resolution; the other outputs at the output size
+        at_input = resize_mask_logits(mask_logits, canvas_size, image_size, image_size)
+        masks = resize_mask_logits(at_input, image_size, image_size, output_size)
+    else:
+        masks = at_input = resize_mask_logits(mask_logits, canvas_size, image_size, output_size)
 
     def of(idx):
         if (position[idx] < 0).any():
