@@ -128,6 +128,35 @@ def _images(checker, data):
     return out
 
 
+def _structure(data, json_path, check_annotation):
+    """Top level, categories and images; ``check_annotation(checker, ann, where)`` returns the
+    clean annotation or None. Returns (problems, clean or None)."""
+    checker = _Checker(json_path)
+    if not _top(checker, data):
+        return checker.problems, None
+    clean = {"categories": _categories(checker, data), "images": _images(checker, data)}
+    annotations = checker.top_list(data, "annotations")
+    checked = (check_annotation(checker, a, f"annotations[{i}]") for i, a in enumerate(annotations))
+    clean["annotations"] = [a for a in checked if a is not None]
+    return checker.problems, clean
+
+
+def _panoptic_record(checker, ann, where):
+    fatal = [("image_id", "int"), ("file_name", "str"), ("segments_info", "list")]
+    ann = checker.fields(ann, where, fatal)
+    if ann is None:
+        return None
+    segments = []
+    for j, seg in enumerate(ann["segments_info"]):
+        fatal = [("id", "int"), ("category_id", "int")]
+        soft = [("area", "number"), ("bbox", "bbox")]
+        optional = [("iscrowd", "0/1"), ("isthing", "0/1")]
+        seg = checker.fields(seg, f"{where}.segments_info[{j}]", fatal, soft, optional)
+        if seg is not None:
+            segments.append(seg)
+    return dict(ann, segments_info=segments)
+
+
 def panoptic_structure(data, json_path):
     """Check a loaded panoptic json.
 
@@ -137,27 +166,7 @@ def panoptic_structure(data, json_path):
             entries (a record keeps its well-formed segments), or None if the top level is
             not an object.
     """
-    checker = _Checker(json_path)
-    if not _top(checker, data):
-        return checker.problems, None
-    clean = {"categories": _categories(checker, data), "images": _images(checker, data)}
-    clean["annotations"] = []
-    for i, ann in enumerate(checker.top_list(data, "annotations")):
-        where = f"annotations[{i}]"
-        fatal = [("image_id", "int"), ("file_name", "str"), ("segments_info", "list")]
-        ann = checker.fields(ann, where, fatal)
-        if ann is None:
-            continue
-        segments = []
-        for j, seg in enumerate(ann["segments_info"]):
-            fatal = [("id", "int"), ("category_id", "int")]
-            soft = [("area", "number"), ("bbox", "bbox")]
-            optional = [("iscrowd", "0/1"), ("isthing", "0/1")]
-            seg = checker.fields(seg, f"{where}.segments_info[{j}]", fatal, soft, optional)
-            if seg is not None:
-                segments.append(seg)
-        clean["annotations"].append(dict(ann, segments_info=segments))
-    return checker.problems, clean
+    return _structure(data, json_path, _panoptic_record)
 
 
 def _segmentation_ok(seg):
@@ -173,28 +182,22 @@ def _segmentation_ok(seg):
     return False
 
 
+def _instance(checker, ann, where):
+    fatal = [("id", "int"), ("image_id", "int"), ("category_id", "int")]
+    soft = [("bbox", "bbox"), ("area", "number")]
+    ann = checker.fields(ann, where, fatal, soft, [("iscrowd", "0/1")])
+    if ann is not None and "segmentation" in ann and not _segmentation_ok(ann["segmentation"]):
+        checker.add(
+            f"{where}.segmentation",
+            "expected polygons (list of lists of numbers) or an RLE "
+            f"{{'size': [h, w], 'counts': ...}}, got {json_type(ann['segmentation'])}",
+        )
+        return None
+    return ann
+
+
 def instances_structure(data, json_path):
     """Check a loaded COCO instances json; returns (problems, clean) like
     :func:`panoptic_structure` (``annotations`` with id, image_id, category_id, bbox, area and
     a polygon list or an RLE ``{"size": [h, w], "counts": str | list}``)."""
-    checker = _Checker(json_path)
-    if not _top(checker, data):
-        return checker.problems, None
-    clean = {"categories": _categories(checker, data), "images": _images(checker, data)}
-    clean["annotations"] = []
-    for i, ann in enumerate(checker.top_list(data, "annotations")):
-        where = f"annotations[{i}]"
-        fatal = [("id", "int"), ("image_id", "int"), ("category_id", "int")]
-        soft = [("bbox", "bbox"), ("area", "number")]
-        ann = checker.fields(ann, where, fatal, soft, [("iscrowd", "0/1")])
-        if ann is None:
-            continue
-        if "segmentation" in ann and not _segmentation_ok(ann["segmentation"]):
-            checker.add(
-                f"{where}.segmentation",
-                "expected polygons (list of lists of numbers) or an RLE "
-                f"{{'size': [h, w], 'counts': ...}}, got {json_type(ann['segmentation'])}",
-            )
-            continue
-        clean["annotations"].append(ann)
-    return checker.problems, clean
+    return _structure(data, json_path, _instance)
