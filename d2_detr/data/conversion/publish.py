@@ -27,9 +27,10 @@ def check_out_dir(out_dir, overwrite):
     """
     if os.path.lexists(out_dir):
         if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            what = "a symlink" if os.path.islink(out_dir) else "not a folder"
             raise RawDatasetError(
-                f"{out_dir}: exists and is not a folder (--out is the dataset folder to create)",
-                "choose another --out",
+                f"{out_dir}: exists and is {what} (--out is the dataset folder to create)",
+                "choose another --out (for a symlink: its target folder)",
             )
         if not overwrite:
             raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True / --overwrite)")
