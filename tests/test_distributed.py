@@ -312,3 +312,12 @@ def test_cpu_threads_split_between_local_processes(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_machine_0_alone_gives_up_after_the_timeout(data_root):
+    """--num-machines 2 started on one machine only: exit 2 after --connect-timeout, no hang."""
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    proc = run_tool("tools/train_net.py", "--config-file", TINY_CONFIG, "--num-machines", "2",
+                    "--machine-rank", "0", "--dist-url", url, "--connect-timeout", "2",
+                    env={"DETECTRON2_DATASETS": data_root})  # fmt: skip
+    assert_user_error(proc, url, "not all 2 processes joined within 2 s", "--connect-timeout")

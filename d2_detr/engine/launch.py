@@ -127,6 +127,7 @@ def launch(
     args=(),
     timeout=DEFAULT_TIMEOUT,
     backend=None,
+    connect_timeout=None,
 ):
     """
     Detectron2's ``launch`` (same signature and behaviour), on CPU or GPU, or under torchrun.
@@ -140,6 +141,8 @@ def launch(
             (a free port on 127.0.0.1, one machine only).
         timeout (timedelta): timeout of the process group's collectives.
         backend (str or None): "nccl" / "gloo"; None: NCCL with CUDA, gloo without.
+        connect_timeout (float or None): seconds the processes of a tcp:// rendezvous wait for
+            each other (then a :class:`UserError`: exit code 2); None: ``timeout`` (Detectron2).
     Returns:
         ``main_func``'s return value when it runs in this process (one process or torchrun),
         else None.
@@ -172,6 +175,7 @@ def launch(
                 timeout,
                 backend,
                 multiprocessing.get_start_method(allow_none=True),
+                connect_timeout,
             ),
             daemon=False,
         )
@@ -193,6 +197,7 @@ def _distributed_worker(
     timeout=DEFAULT_TIMEOUT,
     backend=None,
     start_method=None,
+    connect_timeout=None,
 ):
     # mp.spawn makes "spawn" the default start method of its children; give them the launching
     # process's (fork on Linux): else every multiprocessing.Pool in main_func (panopticapi's PQ)
@@ -204,12 +209,21 @@ def _distributed_worker(
     _set_threads(num_gpus_per_machine)
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     try:
+        if connect_timeout is not None and dist_url.startswith("tcp://"):
+            # the same TCP rendezvous as init_method=dist_url, but joining is bounded by
+            # connect_timeout (a missing machine is an error, not a 30-minute wait)
+            store = run_cli(
+                _rendezvous_store, dist_url, global_rank, world_size, connect_timeout, timeout
+            )
+            init = {"store": store}
+        else:
+            init = {"init_method": dist_url}
         dist.init_process_group(
             backend=_backend(backend),
-            init_method=dist_url,
             world_size=world_size,
             rank=global_rank,
             timeout=timeout,
+            **init,
         )
     except Exception as e:
         logger.error("Process group URL: {}".format(dist_url))
@@ -226,6 +240,26 @@ def _distributed_worker(
         run_cli(main_func, *args)  # a user error: message + exit 2 (launch exits 2 too)
     finally:
         dist.destroy_process_group()
+
+
+def _rendezvous_store(dist_url, rank, world_size, connect_timeout, timeout):
+    """The TCPStore of ``dist_url`` (hosted by rank 0), all ``world_size`` processes joined
+    within ``connect_timeout`` seconds, else :class:`UserError`."""
+    host, port = _parse_tcp_url(dist_url)
+    try:
+        store = dist.TCPStore(
+            host, port, world_size, rank == 0, timedelta(seconds=connect_timeout),
+            wait_for_workers=True,
+        )  # fmt: skip
+    except (RuntimeError, OSError) as e:
+        raise UserError(
+            f"--dist-url {dist_url}: not all {world_size} processes joined within "
+            f"{connect_timeout:g} s (process {rank}: {str(e).splitlines()[0][:200]})",
+            "start every machine with the same --num-machines / --num-gpus / --dist-url and "
+            "a different --machine-rank, or wait longer with --connect-timeout SECONDS",
+        )
+    store.set_timeout(timeout)
+    return store
 
 
 def _torchrun_worker(main_func, env, args, timeout, backend):
@@ -279,8 +313,8 @@ def add_launch_arguments(parser):
         "--connect-timeout",
         type=float,
         default=DEFAULT_CONNECT_TIMEOUT,
-        help="seconds a machine of rank > 0 waits for --dist-url (machine 0) to accept "
-        "connections before it gives up",
+        help="seconds the processes wait for each other at --dist-url (machine 0 for the "
+        "others, the others for machine 0) before they give up",
     )
     return parser
 
@@ -427,4 +461,5 @@ def launch_from_args(main_func, args, backend=None):
         args=(args,),
         timeout=timeout,
         backend=backend,
+        connect_timeout=getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
     )
