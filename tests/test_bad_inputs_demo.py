@@ -4,22 +4,13 @@ traceback, and leaves existing outputs untouched.
 Most cases run in-process through ``run_cli`` (the same path as the command line, without the
 interpreter start-up); the cases marked ``cli`` also run as a real subprocess."""
 
-import contextlib
-import io
 import os
 import pickle
-import sys
 import types
 
 import pytest
 from cli_utils import assert_user_error, run_tool, tree_digest
-from test_demo import SMALL_CLI, TINY, save_tiny_weights, write_photos
-
-from d2_detr.utils.cli import run_cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "demo"))
-import demo as demo_cli  # noqa: E402
+from test_demo import SMALL_CLI, TINY, run_in_process, save_tiny_weights, write_photos
 
 
 class Payload:
@@ -104,18 +95,6 @@ def build(case, e):
     if case["weights"]:
         opts += ["MODEL.WEIGHTS", fill(case["weights"])]
     return args, opts
-
-
-def run_in_process(argv):
-    """``run_cli(demo.main, argv)`` with its exit code and output, like a subprocess result."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(demo_cli.main, argv)
-        except SystemExit as e:
-            code = e.code
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -1,11 +1,14 @@
 """demo/demo.py (overlays + defect report for folders of photos) and demo/run_demo.py
 (make demo) end to end."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
+import types
 
 import d2_detr  # noqa: F401  (compat first)
 
@@ -22,7 +25,7 @@ from PIL import Image
 from test_mapper import write_tiny_panoptic_dataset
 
 from d2_detr.data.datasets import register_concrete_defects
-from d2_detr.utils.cli import UserError
+from d2_detr.utils.cli import UserError, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "demo"))
@@ -153,6 +156,19 @@ def test_demo_writes_overlays_and_consistent_report(images, tmp_path):
         assert 0 < w * h and area <= w * h and 0.0 <= float(r["score"]) <= 1.0
 
 
+def run_in_process(argv):
+    """``run_cli(demo.main, argv)`` with its exit code and output, like a subprocess result
+    (the command-line path without the interpreter start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(demo_cli.main, argv)
+        except SystemExit as e:
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def _read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -195,9 +211,9 @@ def test_all_unreadable_writes_nothing(weights, tmp_path):
     os.makedirs(photos)
     (photos / "a.jpg").write_bytes(b"")
     (photos / "b.jpg").write_text("no")
-    proc = run_tool(
-        "demo/demo.py", "--config-file", TINY, "--input", photos, "--output",
-        tmp_path / "out", "--no-progress", "MODEL.WEIGHTS", weights, *SMALL_CLI,
+    proc = run_in_process(
+        ["--config-file", TINY, "--input", str(photos), "--output", str(tmp_path / "out"),
+         "--no-progress", "MODEL.WEIGHTS", weights, *SMALL_CLI]
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "a.jpg" in proc.stderr and "b.jpg" in proc.stderr
@@ -209,10 +225,10 @@ def test_same_names_in_two_folders_stay_apart(weights, tmp_path):
     write_photos(tmp_path / "in" / "a", ["00044.jpg"], seed=1)
     write_photos(tmp_path / "in" / "b", ["00044.jpg"], size=(80, 72), seed=2)
     out = tmp_path / "out"
-    proc = run_tool(
-        "demo/demo.py", "--config-file", TINY, "--input", tmp_path / "in" / "a",
-        tmp_path / "in" / "b", "--output", out, "--no-progress", "--confidence-threshold", "0",
-        "MODEL.WEIGHTS", weights, *SMALL_CLI,
+    proc = run_in_process(
+        ["--config-file", TINY, "--input", str(tmp_path / "in" / "a"), str(tmp_path / "in" / "b"),
+         "--output", str(out), "--no-progress", "--confidence-threshold", "0",
+         "MODEL.WEIGHTS", weights, *SMALL_CLI]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["image"]: r for r in _read_csv(out / "images.csv")}
@@ -232,10 +248,10 @@ def test_large_photo_is_tiled_at_full_resolution(weights, tmp_path):
     write_photos(tmp_path / "in", ["big.png"], size=(300, 420))
     for tile in ("160", "0"):
         out = tmp_path / f"out{tile}"
-        proc = run_tool(
-            "demo/demo.py", "--config-file", TINY, "--input", tmp_path / "in", "--output", out,
-            "--tile", tile, "--tile-overlap", "32", "--confidence-threshold", "0",
-            "MODEL.WEIGHTS", weights, *SMALL_CLI,
+        proc = run_in_process(
+            ["--config-file", TINY, "--input", str(tmp_path / "in"), "--output", str(out),
+             "--tile", tile, "--tile-overlap", "32", "--confidence-threshold", "0",
+             "MODEL.WEIGHTS", weights, *SMALL_CLI]
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("tiles" in proc.stdout + proc.stderr) == (tile != "0")  # the tile progress bar
@@ -290,5 +306,5 @@ def test_plot_metrics(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["losses.png", "eval.png"]
     for p in paths:
         assert Image.open(p).size[0] > 300
-    with pytest.raises(FileNotFoundError, match="metrics.json"):
+    with pytest.raises((FileNotFoundError, UserError), match="metrics.json"):
         plot_metrics(str(tmp_path / "nothing"))
