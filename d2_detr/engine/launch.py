@@ -16,11 +16,15 @@ What v0.6's :func:`detectron2.engine.launch` lacks, and what this module does in
   refuses ``device_ids`` there);
 * :func:`check_launch_args`: bad launch arguments (no process, a machine rank out of range, a
   port in use, a rendezvous that cannot be reached) raise :class:`~d2_detr.utils.cli.UserError`
-  instead of an assertion or a 30-minute hang.
+  instead of an assertion or a 30-minute hang; with ``connect_timeout`` the tcp:// rendezvous
+  itself is bounded (machine 0 waiting for a machine that never starts);
+* spawned workers get the launching process's multiprocessing start method back (mp.spawn
+  leaves them with "spawn", so panopticapi's PQ pool re-imported the whole program per worker).
 
-When it can go: once a Detectron2 release with PR #4720 (gloo without CUDA) is installed,
-:func:`launch` can become ``detectron2.engine.launch`` again; the argument checks, the thread
-split, ``torchrun`` and ``create_ddp_model``'s CPU case are not in any Detectron2 release.
+When it can go: once a Detectron2 release with PR #4720 (gloo without CUDA) is installed, the
+worker's backend / set_device part can become ``detectron2.engine.launch`` again; the argument
+checks, bounded rendezvous, thread split, start method, ``torchrun`` and ``create_ddp_model``'s
+CPU case are in no Detectron2 release (v0.6 or later) and would stay as a thin wrapper.
 """
 
 import errno
