@@ -16,8 +16,11 @@ with a warning and listed in the report (images.csv / json: status "unreadable" 
 the run goes on and exits 0 when at least one photo was processed. When none can be read it
 writes nothing and exits 2.
 
-Large photos (longest side > 2x INPUT.MAX_SIZE_TEST, i.e. > 800 px for the tiny config) run on
-overlapping tiles at native resolution (``--tile``, ``--tile-overlap``; ``--tile 0``: never).
+Large photos run on overlapping tiles at native resolution (``--tile 1024 --tile-overlap 128``)
+when their longest side exceeds both one tile and twice INPUT.MAX_SIZE_TEST (``--tile-above``;
+800 px for the tiny config): resized whole, they would shrink by more than 2x and 1-3 px cracks
+would fall below a pixel at the model's input. ``--tile 0``: never tiled (masks are computed at
+most 2048 px on the longest side, then the label map is upsampled to the photo's size).
 """
 
 import argparse
@@ -90,6 +93,12 @@ def get_parser():
     parser.add_argument(
         "--overlay-max-side", type=int, default=2048, help="larger overlays are drawn downscaled"
     )
+    parser.add_argument(
+        "--onnx",
+        metavar="MODEL.onnx",
+        help="run an exported model (tools/export_model.py; .onnx or .ts) instead of "
+        "MODEL.WEIGHTS; --config-file: the config.yaml written next to it",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="tracebacks for user errors")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
@@ -130,6 +139,11 @@ def validate_args(args):
         raise UserError(
             f"--output {args.output} is a file, not a folder",
             "give a folder (it is created if missing)",
+        )
+    if args.onnx is not None and not os.path.isfile(args.onnx):
+        raise UserError(
+            f"--onnx {args.onnx}: no such file",
+            "give the model.onnx (or model.ts) that tools/export_model.py wrote",
         )
     if len(args.opts) % 2:
         raise UserError(
@@ -174,7 +188,7 @@ def setup_cfg(args):
     for key in ("OBJECT_MASK_THRESHOLD", "OVERLAP_THRESHOLD"):
         _unit_interval(f"MODEL.DETR.TEST.{key}", cfg.MODEL.DETR.TEST[key])
     cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
-    if not cfg.MODEL.WEIGHTS and not args.random_weights:
+    if not cfg.MODEL.WEIGHTS and not args.random_weights and not args.onnx:
         raise UserError(
             "MODEL.WEIGHTS is not set: the demo needs a trained model",
             "add MODEL.WEIGHTS path/to/model_final.pth after the options (or --random-weights "
@@ -208,6 +222,7 @@ def main(argv=None):
         progress=not args.no_progress,
         mm_per_pixel=args.mm_per_pixel,
         severity=args.severity,
+        exported=args.onnx,
     )
     created = not os.path.exists(args.output)
     try:
