@@ -11,6 +11,7 @@ benchmarks and the tests import it by path).
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -64,6 +65,8 @@ def check_args(args):
         raise UserError(f"--out {args.out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise UserError(f"--out {args.out}: cannot write in {parent}", "choose another --out")
+    if args.preview and not os.path.isdir(os.path.dirname(os.path.abspath(args.preview))):
+        raise UserError(f"--preview {args.preview}: its folder does not exist")
 
 
 def main(argv=None):
@@ -87,6 +90,12 @@ def main(argv=None):
         action="store_true",
         help="no perspective, blur, exposure, white balance, noise (clean images)",
     )
+    p.add_argument(
+        "--preview",
+        metavar="FILE",
+        help="also write a contact sheet (.png or .jpg) of the first 12 images, each above a "
+        "copy with its masks outlined (crack yellow, spall blue, rebar red)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--debug", action="store_true", help="tracebacks for input errors")
     args = p.parse_args(argv)
@@ -104,6 +113,16 @@ def main(argv=None):
         camera=not args.no_camera,
     )
     summary["seconds"] = round(time.perf_counter() - start, 2)
+    if args.preview:
+        from PIL import Image
+
+        from d2_detr.utils.io import atomic_write_bytes
+
+        sheet = load_generator().contact_sheet(args.out)
+        buffer = io.BytesIO()
+        jpeg = args.preview.lower().endswith((".jpg", ".jpeg"))
+        Image.fromarray(sheet).save(buffer, format="JPEG" if jpeg else "PNG", quality=85)
+        atomic_write_bytes(args.preview, buffer.getvalue())
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

@@ -38,6 +38,7 @@ from PIL import Image
 
 __all__ = [
     "CLASSES",
+    "contact_sheet",
     "CRACK_MARGIN",
     "REBAR_LABELS",
     "draw_synthetic_sample",
@@ -593,3 +594,29 @@ def make_synthetic_concrete(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+OUTLINE = {"crack": (255, 200, 0), "spall": (0, 120, 255), "rebar": (255, 0, 60)}
+
+
+def contact_sheet(raw_dir, count=12, columns=6):
+    """(H, W, 3) uint8 RGB: the first ``count`` images of a raw folder, each above a copy with
+    its masks outlined (crack yellow, spall blue, rebar red)."""
+    names = sorted(os.listdir(os.path.join(raw_dir, "images")))[:count]
+    tiles = []
+    for name in names:
+        stem = os.path.splitext(name)[0]
+        img = np.asarray(Image.open(os.path.join(raw_dir, "images", name)).convert("RGB"))
+        outlined = img.copy()
+        for cls, colour in OUTLINE.items():
+            for ext in ("png", "jpg"):
+                path = os.path.join(raw_dir, "masks", f"{stem}{cls}.{ext}")
+                if os.path.exists(path):
+                    m = (np.asarray(Image.open(path).convert("L")) >= 128).astype(np.uint8)
+                    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                    cv2.drawContours(outlined, contours, -1, colour, 1)
+        tiles.append(np.concatenate([img, outlined], 0))
+    h, w = tiles[0].shape[:2]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    rows = [np.concatenate(tiles[k : k + columns], 1) for k in range(0, len(tiles), columns)]
+    return np.concatenate(rows, 0)
