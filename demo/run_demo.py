@@ -240,7 +240,7 @@ def main(argv=None):
   training      {rel}/train/ (model_final.pth, metrics.json, log.txt); log: {rel}/train.log
   evaluation    {rel}/eval.log (PQ/SQ/RQ table above, plus bbox/segm AP)
   curves        {rel}/losses.png, {rel}/eval.png
-  overlays      {rel}/predictions/overlays/*.jpg (synthetic val + the real sample)
+  overlays      {rel}/predictions/overlays/<path>/*.jpg (synthetic val + the real sample)
   report        {rel}/predictions/defects.csv (one row per defect), images.csv (per image),
                 defect_report.json
 The model is tiny and trained from scratch for minutes on synthetic data: expect rough masks,
