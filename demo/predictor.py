@@ -215,11 +215,18 @@ class ModelPredictor:
     segments_info)`` with ``panoptic_seg`` an (H, W) int32 numpy array at the image's size.
     """
 
-    def __init__(self, cfg, weights=None):
+    def __init__(self, cfg, weights=None, exported=None):
+        """``exported``: an exported model file (``tools/export_model.py``) to run instead of
+        the PyTorch model, with the same post-processing (``d2_detr.export.ExportedDETR``)."""
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
+        if exported:
+            from d2_detr.export import ExportedDETR
+
+            self.model = ExportedDETR(self.cfg, exported)
+        else:
+            self.model = build_model(self.cfg)
         self.model.eval()
-        if weights:
+        if weights and not exported:
             load_weights(self.model, weights)
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
@@ -277,11 +284,12 @@ class PanopticDemo:
         progress=True,
         mm_per_pixel=None,
         severity=None,
+        exported=None,
     ):
         """``mm_per_pixel``, ``severity`` (YAML path or None: defaults): see
-        :class:`d2_detr.inspection.DefectReport`."""
+        :class:`d2_detr.inspection.DefectReport`; ``exported``: see :class:`ModelPredictor`."""
         self.cfg = cfg
-        self.predictor = ModelPredictor(cfg, weights)
+        self.predictor = ModelPredictor(cfg, weights, exported)
         self.metadata = output_metadata(cfg)
         classes = self.metadata.get("stuff_classes") or self.metadata.thing_classes
         self.report = DefectReport(

@@ -18,6 +18,9 @@ of other sizes and compared with PyTorch: max |a - b| / max |b| of every raw out
 most --tolerance and the panoptic maps identical, else exit 1 (``--no-check`` skips it).
 """
 
+import d2_detr  # noqa: F401  # isort: skip  (compat patches before detectron2 imports)
+
+# isort: split
 import argparse
 import os
 import sys
@@ -34,8 +37,6 @@ from d2_detr.export import FORMATS, MODEL_FILES, ExportedDETR, export_onnx, expo
 from d2_detr.export.check import check_exported
 from d2_detr.utils.cli import UserError, closest_names, run_cli
 from d2_detr.utils.io import atomic_write_json, atomic_write_text
-
-import d2_detr  # noqa: F401  # isort: split  (compat patches before detectron2 imports)
 
 
 class _Parser(argparse.ArgumentParser):
