@@ -6,7 +6,8 @@ training speed" line (steady state: the first iterations and start-up are not co
 The runs alternate (1, N, 1, N, ...) so that load from other programs hits both alike; each
 process gets cores / N threads (d2_detr's launch), so both use the whole machine.
 
-    python -m benchmarks.bench_distributed [--procs 2] [--iters 30] [--batch 2] [--repeats 2]
+    python -m benchmarks.bench_distributed [--procs 2] [--iters 30] [--batch 2] [--repeats 2] \
+        [--size 256]
 
 Writes output/benchmarks/bench_distributed.json. Uses the tiny CPU config on synthetic 256x320
 images (written to output/benchmarks/dist_data).
@@ -75,7 +76,7 @@ def write_dataset(folder, split, num_images, size=(256, 320), seed=0):
         )
 
 
-def train_speed(procs, iters, batch, data_root, out):
+def train_speed(procs, iters, batch, data_root, out, size=256):
     """Seconds per iteration (steady state) of one train_net run on ``procs`` processes."""
     env = dict(os.environ, DETECTRON2_DATASETS=data_root)
     env.pop("OMP_NUM_THREADS", None)  # launch splits the cores between the processes
@@ -85,7 +86,7 @@ def train_speed(procs, iters, batch, data_root, out):
         "DATASETS.TRAIN", "('synthetic_concrete_train_panoptic',)", "DATASETS.TEST", "()",
         "SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.MAX_ITER", str(iters),
         "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "320",
+        "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size * 5 // 4),
         "OUTPUT_DIR", out, "SEED", "1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -103,6 +104,7 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--batch", type=int, default=2, help="total images per iteration")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256, help="short edge of the training images")
     args = parser.parse_args(argv)
     data_root = os.path.join(OUTPUT_DIR, "dist_data")
     folder = os.path.join(data_root, "synthetic_concrete")
@@ -112,9 +114,12 @@ def main(argv=None):
     for r in range(args.repeats):
         for procs in times:
             out = os.path.join(OUTPUT_DIR, "dist_runs", f"p{procs}_r{r}")
-            times[procs].append(train_speed(procs, args.iters, args.batch, data_root, out))
+            times[procs].append(
+                train_speed(procs, args.iters, args.batch, data_root, out, args.size)
+            )
             print(f"{procs} process(es): {times[procs][-1]:.3f} s/it", flush=True)
-    rows, payload = [], {"iters": args.iters, "total_batch": args.batch, "runs": {}}
+    rows, payload = [], {"iters": args.iters, "total_batch": args.batch, "size": args.size}
+    payload["runs"] = {}
     for procs, ts in times.items():
         s_it = statistics.median(ts)
         payload["runs"][str(procs)] = {"s_per_it": ts, "images_per_s": args.batch / s_it}
