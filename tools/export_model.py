@@ -131,7 +131,10 @@ def sample_image(cfg, path):
     try:
         image = read_image(path, format=cfg.INPUT.FORMAT)
     except Exception as e:  # PIL raises many types for unreadable files
-        raise UserError(f"--sample-image {path}: not a readable image ({type(e).__name__})")
+        raise UserError(
+            f"--sample-image {path}: not a readable image ({type(e).__name__})",
+            "give a JPEG / PNG photo, or leave --sample-image out (a random image is used)",
+        ) from None
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     image = aug.get_transform(image).apply_image(image)
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
