@@ -194,8 +194,11 @@ def setup_cfg(args):
             "add MODEL.WEIGHTS path/to/model_final.pth after the options (or --random-weights "
             "to see what an untrained model draws)",
         )
-    if args.random_weights:
-        cfg.MODEL.WEIGHTS = ""
+    if args.random_weights and cfg.MODEL.WEIGHTS:
+        raise UserError(
+            f"--random-weights and MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} both given",
+            "drop one: MODEL.WEIGHTS for a trained model, --random-weights for an untrained one",
+        )
     cfg.freeze()
     return cfg
 

@@ -83,6 +83,7 @@ CASES = {
     "severity_missing": C(["--severity", "{root}/sev.yaml"], names=["--severity", "sev.yaml"]),
     "severity_not_yaml": C(["--severity", "{root}/bad_severity.yaml"], names=["bad_severity"]),
     "unknown_option": C(["--tiles", "3"], names=["--tiles"]),
+    "random_and_trained_weights": C(["--random-weights"], names=["--random-weights", "model.pth"]),
 }
 
 
