@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""
+PQ against training minutes with and without the EMA of the weights, from ONE run: the EMA does
+not change training, so every evaluation point evaluates the training weights and the averaged
+ones (MODEL.EMA) on the synthetic val split and on the 2 bundled real photographs.
+
+    python -m benchmarks.ema_curve --minutes 20 --eval-every 2 --decay 0.998
+
+Writes ``output/benchmarks/<name>.json`` and ``.png`` (default name ``ema_curve``).
+"""
+
+import argparse
+import os
+import sys
+
+import d2_detr  # noqa: F401  (compat before detectron2)
+
+# isort: split
+import matplotlib
+import torch
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+from d2_detr.data.datasets import register_concrete_defects
+from d2_detr.engine import DETRTrainer, TimeBudget
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.common import OUTPUT_DIR, write_result  # noqa: E402
+from benchmarks.convergence import CONFIG, make_data, make_overfit_data  # noqa: E402
+
+KEYS = ("PQ", "PQ_th", "PQ_st")
+
+
+def _pq(results, name):
+    res = results.get(name, results) if results else {}
+    pan = res.get("panoptic_seg") or {}
+    return {k: pan.get(k) for k in KEYS} | {
+        k: v for k, v in pan.items() if k.startswith("PQ_") and k not in KEYS
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--eval-every", type=float, default=2.0)
+    parser.add_argument("--lr-drop-at", type=float, default=0.8)
+    parser.add_argument("--decay", type=float, default=0.998)
+    parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0, help="data seed")
+    parser.add_argument("--data", default=os.path.join(ROOT, "output", "ema_curve_data"))
+    parser.add_argument("--name", default="ema_curve")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    setup_logger(name="d2_detr")
+
+    dataset = make_data(args.data, args.num_images, args.seed)
+    register_concrete_defects(dataset, name_prefix="ema_synthetic", splits=("train", "val"))
+    real = make_overfit_data(args.data)
+    register_concrete_defects(real, name_prefix="ema_real", splits=("train",))
+    val, photos = "ema_synthetic_val_panoptic", "ema_real_train_panoptic"
+    cfg = get_cfg()
+    d2_detr.add_detr_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(
+        [
+            "DATASETS.TRAIN", "('ema_synthetic_train_panoptic',)",
+            "DATASETS.TEST", f"('{val}', '{photos}')",
+            "OUTPUT_DIR", os.path.join(OUTPUT_DIR, f"{args.name}_run"),
+            "SOLVER.MAX_ITER", "1000000", "SOLVER.STEPS", "(999999,)",
+            "SOLVER.CHECKPOINT_PERIOD", "1000000", "TEST.EVAL_PERIOD", "0",
+            "MODEL.EMA.ENABLED", "True", "MODEL.EMA.DECAY", str(args.decay),
+        ]  # fmt: skip
+        + args.opts
+    )
+    trainer = DETRTrainer(cfg)
+    raw_points = []
+
+    def evaluate(trainer):
+        # the class's test sees the training weights; the trainer's (EMA hook) the average
+        raw = DETRTrainer.test(trainer.cfg, trainer.model)
+        raw_points.append({"val": _pq(raw, val), "real": _pq(raw, photos)})
+        return trainer.test(trainer.cfg, trainer.model)
+
+    drop = args.lr_drop_at if 0 < args.lr_drop_at < 1 else None
+    budget = TimeBudget(
+        args.minutes, lr_drop_at=drop, eval_every_minutes=args.eval_every, evaluate=evaluate
+    )
+    trainer.register_hooks([budget])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    curve = []
+    for point, raw in zip(budget.curve, raw_points):
+        results = point.pop("results")
+        curve.append(
+            {
+                "minutes": point["minutes"],
+                "iteration": point["iteration"],
+                "ema": {"val": _pq(results, val), "real": _pq(results, photos)},
+                "raw": raw,
+            }
+        )
+    path = write_result(
+        args.name,
+        {
+            "what": "PQ vs training minutes, training weights (raw) and their EMA, one run",
+            "config": os.path.relpath(CONFIG, ROOT),
+            "decay": args.decay,
+            "opts": args.opts,
+            "lr_drop_at": drop,
+            "num_images": args.num_images,
+            "torch_threads": torch.get_num_threads(),
+            "curve": curve,
+        },
+    )
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    minutes = [p["minutes"] for p in curve]
+    for which, style in (("raw", "--"), ("ema", "-")):
+        for split, colour in (("val", "C0"), ("real", "C1")):
+            ax.plot(
+                minutes, [p[which][split]["PQ"] for p in curve], style, color=colour, marker="o",
+                label=f"{'EMA' if which == 'ema' else 'training weights'}, "
+                f"{'synthetic val' if split == 'val' else '2 real photos'}",
+            )  # fmt: skip
+    ax.axhline(80, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("training minutes (CPU)")
+    ax.set_ylabel("PQ")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    png = os.path.join(OUTPUT_DIR, f"{args.name}.png")
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    print("minutes  iter   val raw  val EMA  real raw  real EMA")
+    for p in curve:
+        print(
+            f"{p['minutes']:7.2f} {p['iteration']:5d} {p['raw']['val']['PQ']:8.1f} "
+            f"{p['ema']['val']['PQ']:8.1f} {p['raw']['real']['PQ']:9.1f} "
+            f"{p['ema']['real']['PQ']:9.1f}"
+        )
+    print(f"wrote {path} and {png}")
+
+
+if __name__ == "__main__":
+    main()
