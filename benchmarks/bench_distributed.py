@@ -7,7 +7,7 @@ The runs alternate (1, N, 1, N, ...) so that load from other programs hits both 
 process gets cores / N threads (d2_detr's launch), so both use the whole machine.
 
     python -m benchmarks.bench_distributed [--procs 2] [--iters 30] [--batch 2] [--repeats 2] \
-        [--size 256]
+        [--size 256] [--threads 0]
 
 Writes output/benchmarks/bench_distributed.json. Uses the tiny CPU config on synthetic 256x320
 images (written to output/benchmarks/dist_data).
@@ -76,10 +76,12 @@ def write_dataset(folder, split, num_images, size=(256, 320), seed=0):
         )
 
 
-def train_speed(procs, iters, batch, data_root, out, size=256):
+def train_speed(procs, iters, batch, data_root, out, size=256, threads=None):
     """Seconds per iteration (steady state) of one train_net run on ``procs`` processes."""
     env = dict(os.environ, DETECTRON2_DATASETS=data_root)
     env.pop("OMP_NUM_THREADS", None)  # launch splits the cores between the processes
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # or: this many threads in every process
     cmd = [
         sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG,
         "--num-gpus", str(procs), "--dist-url", "auto",
@@ -105,6 +107,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2, help="total images per iteration")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=256, help="short edge of the training images")
+    parser.add_argument("--threads", type=int, default=0, help="threads per process (0: split)")
     args = parser.parse_args(argv)
     data_root = os.path.join(OUTPUT_DIR, "dist_data")
     folder = os.path.join(data_root, "synthetic_concrete")
@@ -115,10 +118,11 @@ def main(argv=None):
         for procs in times:
             out = os.path.join(OUTPUT_DIR, "dist_runs", f"p{procs}_r{r}")
             times[procs].append(
-                train_speed(procs, args.iters, args.batch, data_root, out, args.size)
+                train_speed(procs, args.iters, args.batch, data_root, out, args.size, args.threads)
             )
             print(f"{procs} process(es): {times[procs][-1]:.3f} s/it", flush=True)
     rows, payload = [], {"iters": args.iters, "total_batch": args.batch, "size": args.size}
+    payload["threads_per_process"] = args.threads or "cores / processes"
     payload["runs"] = {}
     for procs, ts in times.items():
         s_it = statistics.median(ts)
