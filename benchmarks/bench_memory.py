@@ -104,8 +104,9 @@ def run_demo_case(case, folder):
     not), draw and write the overlay (one json line with the peak so far), then the report row
     with H4a's measurements of every defect (a second line)."""
     sys.path.insert(0, os.path.join(REPO, "demo"))
-    import demo as demo_cli
     from predictor import PanopticDemo
+
+    import demo as demo_cli
 
     photo, weights = demo_inputs(folder)
     args = demo_cli.get_parser().parse_args(

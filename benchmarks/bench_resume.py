@@ -29,9 +29,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from benchmarks.common import write_result  # noqa: E402
 from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG  # noqa: E402
 from test_mapper import write_tiny_panoptic_dataset  # noqa: E402
+
+from benchmarks.common import write_result  # noqa: E402
 
 OPTS = SMALL_IMAGES + SMALL_MODEL + [
     "MODEL.DETR.NUM_OBJECT_QUERIES", "8", "DATALOADER.NUM_WORKERS", "0",
