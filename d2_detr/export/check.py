@@ -94,17 +94,22 @@ def compare_results(expected, actual, score_tol=1e-4, margin=None, delta=0.0):
             if other:
                 problems.append(f"panoptic maps differ at {other} pixels that are not near ties")
         keys = ("id", "category_id", "isthing")
-        if [tuple(s.get(k) for k in keys) for s in info_e] != [
-            tuple(s.get(k) for k in keys) for s in info_a
-        ]:
-            problems.append(f"segments differ: {info_a} != {info_e}")
+        info_e = [tuple(s.get(k) for k in keys) for s in info_e]
+        info_a = [tuple(s.get(k) for k in keys) for s in info_a]
+        if info_e != info_a:
+            first = next(
+                (i for i, (e, a) in enumerate(zip(info_e, info_a)) if e != a),
+                min(len(info_e), len(info_a)),
+            )
+            problems.append(
+                f"segments differ: {len(info_a)} vs {len(info_e)} (PyTorch); first difference at "
+                f"segment {first + 1}: {info_a[first:first + 1]} vs {info_e[first:first + 1]}"
+            )
         else:
-            for s_e, s_a in zip(info_e, info_a):
-                if (
-                    "score" in s_e
-                    and abs(s_e["score"] - s_a.get("score", float("nan"))) > score_tol
-                ):
+            for s_e, s_a in zip(expected["panoptic_seg"][1], actual["panoptic_seg"][1]):
+                if "score" in s_e and not abs(s_e["score"] - s_a.get("score", 0.0)) <= score_tol:
                     problems.append(f"segment {s_e['id']} score {s_a['score']} != {s_e['score']}")
+                    break
     if "instances" in expected and len(expected["instances"]) != len(actual["instances"]):
         problems.append(
             f"{len(actual['instances'])} instances != {len(expected['instances'])} (PyTorch)"
