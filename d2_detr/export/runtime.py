@@ -63,7 +63,8 @@ class OnnxRuntimeBackend:
 
 
 class TorchScriptBackend:
-    """A traced TorchScript file (``model.ts``): same call as :class:`OnnxRuntimeBackend`."""
+    """A traced TorchScript file (``model.ts``): same call as :class:`OnnxRuntimeBackend`
+    (``threads`` is ignored: TorchScript runs on torch's thread pool)."""
 
     def __init__(self, path, threads=None):
         extra = {METADATA_KEY: ""}
@@ -78,7 +79,6 @@ class TorchScriptBackend:
         self.module.eval()
         self.info = _read_info(path, extra[METADATA_KEY] or None)
         self.output_names = self.info["outputs"]
-        self.threads = threads
 
     def __call__(self, image):
         with torch.inference_mode():
