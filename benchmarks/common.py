@@ -109,19 +109,25 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def load_synthetic():
-    """The synthetic generator ``datasets/synthetic_concrete.py`` (a tool, not in the package)."""
+def load_script(name, path):
+    """A script that is not in a package (``datasets/*.py``) imported as module ``name``, once."""
     import importlib.util
     import sys
 
-    if "synthetic_concrete" not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.path.join(root, "datasets", "synthetic_concrete.py")
-        spec = importlib.util.spec_from_file_location("synthetic_concrete", path)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["synthetic_concrete"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules["synthetic_concrete"]
+    return sys.modules[name]
+
+
+def load_synthetic():
+    """The synthetic generator ``datasets/synthetic_concrete.py`` (a tool, not in the package)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return load_script(
+        "synthetic_concrete", os.path.join(root, "datasets", "synthetic_concrete.py")
+    )
 
 
 def write_result(name, payload):

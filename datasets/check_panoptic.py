@@ -18,7 +18,7 @@ import sys
 
 import d2_detr  # noqa: F401
 from d2_detr.data.validation import check_panoptic, panoptic_splits
-from d2_detr.utils.cli import UserError, run_cli
+from d2_detr.utils.cli import UserError, exit_status
 
 
 def _check_input(args):
@@ -62,10 +62,7 @@ def _main(argv=None):
 
 def main(argv=None):
     """Run the validator; returns the exit status (0 valid, 1 problems, 2 unusable input)."""
-    try:
-        return run_cli(_main, argv)
-    except SystemExit as e:  # argparse errors and UserError: status 2, message printed
-        return e.code
+    return exit_status(_main, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from d2_detr.data.conversion import (
     DEFAULT_THRESHOLD,
     convert_concrete_dataset,
 )
-from d2_detr.utils.cli import UserError, run_cli
+from d2_detr.utils.cli import UserError, exit_status
 
 
 def parse_suffixes(text):
@@ -111,10 +111,7 @@ def _main(argv=None):
 
 def main(argv=None):
     """Run the converter; returns the exit status (0, or 2 with a message for a bad input)."""
-    try:
-        return run_cli(_main, argv)
-    except SystemExit as e:  # argparse errors and UserError: status 2, message printed
-        return e.code
+    return exit_status(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,14 @@
 """Shared fixtures. Data fixtures (prefix ``data_``) build tiny datasets once per session."""
 
-import importlib.util
 import os
-import sys
 
 import pytest
 
 import d2_detr  # noqa: F401  (compat before detectron2)
+from benchmarks.common import load_script, load_synthetic  # noqa: F401  (tests import it here)
 from d2_detr.data.conversion import convert_concrete_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_synthetic():
-    """The synthetic generator ``datasets/synthetic_concrete.py`` (a tool, not in the package)."""
-    if "synthetic_concrete" not in sys.modules:
-        path = os.path.join(REPO, "datasets", "synthetic_concrete.py")
-        spec = importlib.util.spec_from_file_location("synthetic_concrete", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["synthetic_concrete"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["synthetic_concrete"]
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +40,6 @@ def data_cli():
     """Load a script of ``datasets/`` as a module (its ``main(argv)`` returns the exit status)."""
 
     def load(name):
-        path = os.path.join(REPO, "datasets", name + ".py")
-        spec = importlib.util.spec_from_file_location(f"_cli_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_script(f"_cli_{name}", os.path.join(REPO, "datasets", name + ".py"))
 
     return load

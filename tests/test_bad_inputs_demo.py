@@ -9,18 +9,8 @@ import pickle
 import types
 
 import pytest
-from cli_utils import assert_user_error, run_tool, tree_digest
+from cli_utils import CodePayload, assert_user_error, run_tool, tree_digest
 from test_demo import SMALL_CLI, TINY, run_in_process, save_tiny_weights, write_photos
-
-
-class Payload:
-    """Unpickling calls ``open(marker, "w")``: proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +21,8 @@ def env(tmp_path_factory):
     weights = save_tiny_weights(root / "model.pth")
     data = open(weights, "rb").read()
     (root / "truncated.pth").write_bytes(data[: len(data) // 2])
-    (root / "evil.pkl").write_bytes(pickle.dumps({"model": Payload(str(root / "pwned"))}))
-    (root / "evil.pth").write_bytes(pickle.dumps({"model": Payload(str(root / "pwned"))}))
+    (root / "evil.pkl").write_bytes(pickle.dumps({"model": CodePayload(str(root / "pwned"))}))
+    (root / "evil.pth").write_bytes(pickle.dumps({"model": CodePayload(str(root / "pwned"))}))
     os.makedirs(root / "empty_folder")
     bad = root / "bad_photos"
     os.makedirs(bad)

@@ -14,7 +14,7 @@ import d2_detr  # noqa: F401  (compat first)
 # isort: split
 import pytest
 import torch
-from cli_utils import assert_user_error, run_tool, tree_digest
+from cli_utils import CodePayload, assert_user_error, run_tool, tree_digest
 from detectron2.modeling import build_model
 from model_utils import tiny_cfg
 
@@ -44,16 +44,6 @@ def run_in_process(main, argv):
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-class _RunsCode:
-    """A pickle that would create a file when loaded (it must never be)."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad_export")
@@ -71,7 +61,7 @@ def setup(tmp_path_factory):
     garbage.write_bytes(b"this is not a checkpoint" * 10)
     evil = folder / "evil.pth"
     with open(evil, "wb") as f:
-        pickle.dump({"model": _RunsCode(str(folder / "pwned"))}, f)
+        pickle.dump({"model": CodePayload(str(folder / "pwned"))}, f)
     not_image = folder / "photo.jpg"
     not_image.write_text("not an image")
     onnx_path = folder / "model.onnx"

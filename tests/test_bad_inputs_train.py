@@ -16,7 +16,7 @@ import types
 
 import pytest
 import torch
-from cli_utils import assert_user_error, run_tool, tree_digest
+from cli_utils import CodePayload, assert_user_error, run_tool, tree_digest
 from model_utils import TINY_CONFIG
 from test_mapper import write_tiny_panoptic_dataset
 
@@ -29,16 +29,6 @@ TOOLS = {
     "convert": "tools/convert_detr_checkpoint.py",
     "plot": "tools/plot_metrics.py",
 }
-
-
-class Payload:
-    """Unpickling calls ``open(marker, "w")``: proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def _load_tool(name):
@@ -64,9 +54,9 @@ def env(tmp_path_factory):
     data_bytes = (root / "out" / "model_final.pth").read_bytes()
     (root / "truncated.pth").write_bytes(data_bytes[: len(data_bytes) // 2])
     (root / "text.pth").write_text("these are not weights\n")
-    torch.save({"model": Payload(str(root / "pwned"))}, root / "evil.pth")
+    torch.save({"model": CodePayload(str(root / "pwned"))}, root / "evil.pth")
     (root / "evil.pkl").write_bytes(
-        pickle.dumps({"model": {"w": Payload(str(root / "pwned"))}, "__author__": "x"})
+        pickle.dumps({"model": {"w": CodePayload(str(root / "pwned"))}, "__author__": "x"})
     )
     torch.save({"foo.weight": torch.ones(2)}, root / "not_detr.pth")
     torch.save([1, 2, 3], root / "a_list.pth")

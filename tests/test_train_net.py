@@ -14,6 +14,7 @@ import d2_detr  # noqa: F401  (compat first)
 # isort: split
 import pytest
 import torch
+from cli_utils import CodePayload  # noqa: E402
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG
@@ -344,14 +345,6 @@ def test_two_stage_recipe(data_root, tmp_path):
     assert any(not torch.equal(after[k], v) for k, v in mask_head_before.items())
 
 
-class _WritesFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_checkpointer_loads_model_zoo_pkl_weights_and_refuses_code(tmp_path):
     """A Detectron2 model-zoo .pkl (numpy arrays, protocol 2, latin1) loads into the model;
     a .pkl or .pth that would call a function while loading is refused before it runs."""
@@ -368,9 +361,9 @@ def test_checkpointer_loads_model_zoo_pkl_weights_and_refuses_code(tmp_path):
     assert torch.equal(model.bias.detach(), torch.tensor([1.0, 2.0]))
     marker = tmp_path / "pwned"
     evil_pkl, evil_pth = tmp_path / "evil.pkl", tmp_path / "evil.pth"
-    evil_pkl.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "x": _WritesFile(
+    evil_pkl.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "x": CodePayload(
         str(marker))}))  # fmt: skip
-    torch.save({"model": {"weight": torch.zeros(2, 3)}, "x": _WritesFile(str(marker))}, evil_pth)
+    torch.save({"model": {"weight": torch.zeros(2, 3)}, "x": CodePayload(str(marker))}, evil_pth)
     for path in (evil_pkl, evil_pth):
         with pytest.raises(UserError, match=f"{path.name}.*open"):
             DETRCheckpointer(model).load(str(path))

@@ -13,7 +13,7 @@ import os
 import torch
 
 from ..modeling.inference import image_outputs, padded_canvas
-from ..utils.cli import UserError
+from ..utils.cli import UserError, require_file
 from .exporter import METADATA_KEY
 
 __all__ = [
@@ -88,13 +88,11 @@ class TorchScriptBackend:
 
 def load_backend(path, threads=None):
     """The runtime for an exported model file: ``.onnx`` -> onnxruntime, else TorchScript."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        what = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise UserError(
-            f"exported model {path} {what}",
-            "give the model.onnx / model.ts file that tools/export_model.py wrote",
-        )
+    path = require_file(
+        path,
+        "exported model",
+        "give the model.onnx / model.ts file that tools/export_model.py wrote",
+    )
     if path.lower().endswith(".onnx"):
         return OnnxRuntimeBackend(path, threads)
     return TorchScriptBackend(path, threads)

@@ -15,12 +15,11 @@ not a checkpoint, refused global).
 """
 
 import argparse
-import os
 import pickle
 
 import torch
 
-from .cli import UserError
+from .cli import UserError, require_file
 
 __all__ = ["PKL_ALLOWED_GLOBALS", "RestrictedUnpickler", "load_checkpoint_file"]
 
@@ -73,13 +72,11 @@ def load_checkpoint_file(path):
         UserError: missing file, a file that is not a checkpoint (truncated, another format),
             one that would need code to load (names the refused global), or not a dict.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
-        raise UserError(
-            f"checkpoint {path} {what}",
-            "give the path of a .pth / .pkl weights file (e.g. OUTPUT_DIR/model_final.pth)",
-        )
+    path = require_file(
+        path,
+        "checkpoint",
+        "give the path of a .pth / .pkl weights file (e.g. OUTPUT_DIR/model_final.pth)",
+    )
     try:
         data = _load_pkl(path) if path.endswith(".pkl") else _load_torch(path)
     except pickle.UnpicklingError as e:

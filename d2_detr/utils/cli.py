@@ -13,7 +13,14 @@ import difflib
 import os
 import sys
 
-__all__ = ["UserError", "run_cli", "closest_names", "debug_enabled"]
+__all__ = [
+    "UserError",
+    "run_cli",
+    "exit_status",
+    "require_file",
+    "closest_names",
+    "debug_enabled",
+]
 
 EXIT_USER_ERROR = 2
 
@@ -47,6 +54,24 @@ def run_cli(main, *args, **kwargs):
             raise
         print(e.format(), file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+def exit_status(main, *args, **kwargs):
+    """Like :func:`run_cli`, but return the exit status (argparse's and user errors' too) instead
+    of leaving the process: for scripts whose ``main(argv)`` is also called in-process."""
+    try:
+        return run_cli(main, *args, **kwargs)
+    except SystemExit as e:
+        return e.code
+
+
+def require_file(path, what, hint):
+    """``path`` as a string; a :class:`UserError` naming ``what`` when it is not a file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        state = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"{what} {path} {state}", hint)
+    return path
 
 
 def closest_names(name, choices, n=5):
