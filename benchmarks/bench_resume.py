@@ -29,7 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG  # noqa: E402
+from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG, last_checkpoint  # noqa: E402
 from test_mapper import write_tiny_panoptic_dataset  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
@@ -48,14 +48,6 @@ def _cmd(out, max_iter, period, resume=False):
         + ["OUTPUT_DIR", out, "SOLVER.MAX_ITER", str(max_iter),
            "SOLVER.CHECKPOINT_PERIOD", str(period)]
     )  # fmt: skip
-
-
-def _last(out):
-    try:
-        with open(os.path.join(out, "last_checkpoint")) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return None
 
 
 def _weights(path):
@@ -87,10 +79,13 @@ def main(argv=None):
         proc = subprocess.Popen(_cmd(out, args.max_iter, args.period), **quiet)
         # start the clock at the first complete checkpoint (after the start-up), then kill after
         # a random part of the remaining training (estimated from the first checkpoint's pace)
-        while _last(out) is None and proc.poll() is None:
+        while last_checkpoint(out) is None and proc.poll() is None:
             time.sleep(0.01)
         t0 = time.time()
-        while _last(out) in (None, f"model_{args.period - 1:07d}.pth") and proc.poll() is None:
+        while (
+            last_checkpoint(out) in (None, f"model_{args.period - 1:07d}.pth")
+            and proc.poll() is None
+        ):
             time.sleep(0.01)
         per_period = time.time() - t0
         remaining = per_period * (args.max_iter / args.period - 2)
@@ -99,8 +94,8 @@ def main(argv=None):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         during_write = bool(glob.glob(os.path.join(out, ".*.tmp")))
-        at = _last(out)
-        if _last(out) != "model_final.pth":
+        at = last_checkpoint(out)
+        if last_checkpoint(out) != "model_final.pth":
             subprocess.run(_cmd(out, args.max_iter, args.period, resume=True), check=True, **quiet)
         got = _weights(os.path.join(out, "model_final.pth"))
         identical = expected.keys() == got.keys() and all(

@@ -127,36 +127,16 @@ def main(argv=None):
             "--overwrite",
         ]
     )
-    run(
-        [
-            py,
-            "datasets/prepare_concrete_defects.py",
-            "--raw",
-            raw,
-            "--out",
-            os.path.join(data, "synthetic_concrete"),
-            "--val-fraction",
-            "0.15",
-            "--overwrite",
-            "--no-progress",
-        ],
-        log=os.path.join(data, "convert_synthetic.log"),
-    )
-    run(
-        [
-            py,
-            "datasets/prepare_concrete_defects.py",
-            "--raw",
-            "datasets/concrete_defects_sample",
-            "--out",
-            os.path.join(data, "concrete_defects"),
-            "--val-fraction",
-            "0",
-            "--overwrite",
-            "--no-progress",
-        ],
-        log=os.path.join(data, "convert_real.log"),
-    )
+    for raw_dir, name, val_fraction in (
+        (raw, "synthetic_concrete", "0.15"),
+        ("datasets/concrete_defects_sample", "concrete_defects", "0"),
+    ):
+        run(
+            [py, "datasets/prepare_concrete_defects.py", "--raw", raw_dir,
+             "--out", os.path.join(data, name), "--val-fraction", val_fraction,
+             "--overwrite", "--no-progress"],
+            log=os.path.join(data, f"convert_{name}.log"),
+        )  # fmt: skip
 
     banner(f"2/4 train the tiny DETR config on CPU ({args.max_iter} iterations)")
     weights = os.path.join(train_dir, "model_final.pth")

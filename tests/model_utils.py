@@ -150,3 +150,12 @@ def official_detr_state_dict(num_classes, num_queries, panoptic=True, hidden=256
 def official_parameter_count(sd):
     """Parameters of the official model: FrozenBN statistics/affine are buffers there."""
     return sum(v.numel() for k, v in sd.items() if ".bn" not in k and "downsample.1" not in k)
+
+
+def last_checkpoint(out):
+    """The file name ``out/last_checkpoint`` names, or None before the first checkpoint."""
+    try:
+        with open(os.path.join(out, "last_checkpoint")) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None

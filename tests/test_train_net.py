@@ -17,7 +17,7 @@ import torch
 from cli_utils import CodePayload  # noqa: E402
 from detectron2.config import get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
-from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG
+from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG, last_checkpoint
 from test_mapper import write_tiny_panoptic_dataset
 from torch import nn
 
@@ -72,14 +72,6 @@ def train_net(args, data_root, **kwargs):
     env = dict(os.environ, DETECTRON2_DATASETS=data_root, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", TINY]
     return subprocess.Popen(cmd + args + FAST, env=env, cwd=ROOT, text=True, **kwargs)
-
-
-def last_checkpoint(out):
-    try:
-        with open(os.path.join(out, "last_checkpoint")) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return None
 
 
 def _iteration(name):

@@ -29,31 +29,19 @@ contested pixels to the first class of ``class_priority`` (default crack, rebar,
 instances left under ``min_area`` dropped -> the rest is background.
 """
 
+from . import settings
 from .convert import convert_concrete_dataset, convert_image
 from .masks import read_mask
 from .panoptic import masks_to_panoptic
 from .scan import scan_raw_dir
-from .settings import (
-    DEFAULT_CLASS_PRIORITY,
-    DEFAULT_CLASS_SUFFIXES,
-    DEFAULT_MIN_AREA,
-    DEFAULT_THRESHOLD,
-    RawDatasetError,
-    threshold_fraction,
-)
+from .settings import *  # noqa: F401,F403  (defaults, RawDatasetError, threshold_fraction)
 from .split import split_stems
 
-__all__ = [
-    "RawDatasetError",
-    "DEFAULT_MIN_AREA",
-    "DEFAULT_CLASS_PRIORITY",
-    "DEFAULT_CLASS_SUFFIXES",
-    "DEFAULT_THRESHOLD",
+__all__ = settings.__all__ + [
     "scan_raw_dir",
     "split_stems",
     "read_mask",
     "masks_to_panoptic",
     "convert_image",
     "convert_concrete_dataset",
-    "threshold_fraction",
 ]
