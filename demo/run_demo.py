@@ -23,6 +23,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
+# A NOMINAL scale for the report's millimetres: neither the synthetic images nor the two sample
+# photographs come with a known scale. 0.5 mm/px = a 640 px wide view of 32 cm of surface.
+NOMINAL_MM_PER_PIXEL = 0.5
 # evaluation sets: synthetic val, and the 2 bundled real photographs (converted with no val
 # split, so the converter names their split "train"; the demo never trains on them)
 REAL_AND_SYNTHETIC_TEST = ("synthetic_concrete_val_panoptic", "concrete_defects_train_panoptic")
@@ -100,6 +103,12 @@ def main(argv=None):
     parser.add_argument("--num-images", type=int, default=200, help="synthetic images")
     parser.add_argument("--max-iter", type=int, default=2000, help="training iterations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mm-per-pixel",
+        type=float,
+        default=NOMINAL_MM_PER_PIXEL,
+        help="scale of the report (nominal: the demo's photos have no known scale)",
+    )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides for training (KEY VALUE ...)"
     )
@@ -205,6 +214,8 @@ def main(argv=None):
             real_images,
             "--output",
             predictions,
+            "--mm-per-pixel",
+            str(args.mm_per_pixel),
             "--no-progress",
             "MODEL.WEIGHTS",
             weights,
