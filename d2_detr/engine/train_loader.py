@@ -22,9 +22,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["ResumableTrainLoader", "derive_seed", "seeded_rngs"]
+__all__ = ["ResumableTrainLoader", "aspect_groups", "derive_seed", "seeded_rngs"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,22 @@ logger = logging.getLogger(__name__)
 def derive_seed(*numbers):
     """A 32-bit seed that is a pure function of ``numbers`` (non-negative ints)."""
     return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1)[0])
+
+
+def aspect_groups(dicts):
+    """0 (width >= height) or 1 (portrait) per dataset dict, from its ``width`` / ``height`` or,
+    where the loader left them out (Detectron2 v0.6's panoptic loader), the image file's header."""
+    groups = []
+    for d in dicts:
+        if "width" in d and "height" in d:
+            w, h = d["width"], d["height"]
+        else:
+            with Image.open(d["file_name"]) as im:  # reads the header only
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: rotated by 90 degrees
+                    w, h = h, w
+        groups.append(0 if w >= h else 1)
+    return groups
 
 
 def seed_all(seed):
@@ -61,19 +78,28 @@ def _identity(batch):
 class _IterationBatches(Dataset):
     """Map-style dataset: item ``i`` is this rank's list of mapped dicts for iteration ``i``."""
 
-    _SALT_PERMUTATION, _SALT_SAMPLE, _SALT_RETRY = 1, 2, 3
+    _SALT_PERMUTATION, _SALT_SAMPLE, _SALT_RETRY, _SALT_GROUP = 1, 2, 3, 6
 
-    def __init__(self, dataset, mapper, total_batch_size, rank, world_size, seed):
+    def __init__(self, dataset, mapper, total_batch_size, rank, world_size, seed, groups=None):
         self.dataset, self.mapper, self.seed = dataset, mapper, seed
         self.total_batch_size = total_batch_size
         self.batch_size = total_batch_size // world_size
         self.rank = rank
         self._epoch, self._perm = None, None
+        self._members = None
+        if groups is not None and len(set(groups)) > 1:
+            self._members = [np.flatnonzero(np.asarray(groups) == g) for g in sorted(set(groups))]
+        self._iteration, self._indices = None, None
 
     def __len__(self):  # the stream is infinite; DataLoader asks only with a sized sampler
         raise TypeError("infinite stream")
 
     def _index(self, position):
+        if self._members is not None:
+            iteration, k = divmod(position, self.total_batch_size)
+            if iteration != self._iteration:
+                self._iteration, self._indices = iteration, self._grouped_batch(iteration)
+            return self._indices[k]
         n = len(self.dataset)
         epoch = position // n
         if epoch != self._epoch:
@@ -81,6 +107,17 @@ class _IterationBatches(Dataset):
             g.manual_seed(derive_seed(self.seed, self._SALT_PERMUTATION, epoch))
             self._epoch, self._perm = epoch, torch.randperm(n, generator=g).tolist()
         return self._perm[position % n]
+
+    def _grouped_batch(self, iteration):
+        """All images of one iteration from one aspect group (the group drawn with probability
+        proportional to its size, its images uniformly; without replacement when it is large
+        enough): a pure function of ``(seed, iteration)``, as Detectron2's aspect-ratio grouping
+        keeps the padding of a batch small (GroupNorm backbones see padding; inference does not)."""
+        rng = np.random.default_rng(derive_seed(self.seed, self._SALT_GROUP, iteration))
+        sizes = np.array([len(m) for m in self._members], dtype=np.float64)
+        members = self._members[rng.choice(len(sizes), p=sizes / sizes.sum())]
+        replace = len(members) < self.total_batch_size
+        return [int(i) for i in rng.choice(members, self.total_batch_size, replace=replace)]
 
     def _map(self, position):
         index = self._index(position)
@@ -125,9 +162,22 @@ class ResumableTrainLoader:
         num_workers: data-loader worker processes (0: in this process).
         seed: int, the stream's seed.
         rank, world_size: this process's share of every batch.
+        groups: optional aspect group per dataset index (e.g. 0 landscape, 1 portrait): with
+            more than one group, every batch is drawn from one group (aspect-ratio grouping);
+            otherwise each epoch is a seeded permutation of the dataset.
     """
 
-    def __init__(self, dataset, mapper, total_batch_size, num_workers, seed, rank=0, world_size=1):
+    def __init__(
+        self,
+        dataset,
+        mapper,
+        total_batch_size,
+        num_workers,
+        seed,
+        rank=0,
+        world_size=1,
+        groups=None,
+    ):
         if total_batch_size % world_size:
             raise ValueError(
                 f"SOLVER.IMS_PER_BATCH ({total_batch_size}) must be divisible by the number of "
@@ -137,6 +187,7 @@ class ResumableTrainLoader:
         self.total_batch_size, self.num_workers = total_batch_size, num_workers
         self.rank, self.world_size = rank, world_size
         self.seed, self.start_iter = int(seed), 0
+        self.groups = groups
 
     def restart_at(self, start_iter, seed=None):
         """The next ``iter()`` starts at ``start_iter`` (with ``seed`` if given)."""
@@ -151,7 +202,7 @@ class ResumableTrainLoader:
     def _batches(self):
         return _IterationBatches(
             self.dataset, self.mapper, self.total_batch_size, self.rank, self.world_size,
-            self.seed,
+            self.seed, self.groups,
         )  # fmt: skip
 
     def __iter__(self):

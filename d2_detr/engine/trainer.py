@@ -28,7 +28,7 @@ from .hooks import StopTraining
 from .launch import create_ddp_model
 from .optimizer import build_detr_optimizer
 from .panoptic_evaluation import DETRPanopticEvaluator
-from .train_loader import ResumableTrainLoader, derive_seed, seed_all
+from .train_loader import ResumableTrainLoader, aspect_groups, derive_seed, seed_all
 
 __all__ = [
     "DETRTrainer",
@@ -231,6 +231,7 @@ class DETRTrainer(DefaultTrainer):
             seed,
             rank=comm.get_rank(),
             world_size=comm.get_world_size(),
+            groups=aspect_groups(dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None,
         )
 
     @classmethod
