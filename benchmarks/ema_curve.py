@@ -130,25 +130,15 @@ def main(argv=None):
         },
     )
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    minutes = [p["minutes"] for p in curve]
+    xs = [p["iteration"] if by_iter else p["minutes"] for p in curve]
     for which, style in (("raw", "--"), ("ema", "-")):
         for split, colour in (("val", "C0"), ("real", "C1")):
             ax.plot(
-                minutes, [p[which][split]["PQ"] for p in curve], style, color=colour, marker="o",
+                xs, [p[which][split]["PQ"] for p in curve], style, color=colour, marker="o",
                 label=f"{'EMA' if which == 'ema' else 'training weights'}, "
                 f"{'synthetic val' if split == 'val' else '2 real photos'}",
             )  # fmt: skip
     ax.axhline(80, color="grey", linestyle=":", linewidth=1)
-    if by_iter:
-        ax.cla()
-        iters = [p["iteration"] for p in curve]
-        for which, style in (("raw", "--"), ("ema", "-")):
-            for split, colour in (("val", "C0"), ("real", "C1")):
-                label = "EMA" if which == "ema" else "training weights"
-                label += ", synthetic val" if split == "val" else ", 2 real photos"
-                pq = [p[which][split]["PQ"] for p in curve]
-                ax.plot(iters, pq, style, color=colour, marker="o", label=label)
-        ax.axhline(80, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("training iterations (batch 2)" if by_iter else "training minutes (CPU)")
     ax.set_ylabel("PQ")
     ax.grid(True, alpha=0.3)
