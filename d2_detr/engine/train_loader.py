@@ -13,7 +13,9 @@ every augmentation. Here every batch is a pure function of ``(seed, iteration)``
   caller's RNG states restored after), so augmentation does not depend on history or on which
   data-loader worker runs it.
 
-Batches are not grouped by aspect ratio (DETR pads every batch to its largest image).
+With ``groups`` (DATALOADER.ASPECT_RATIO_GROUPING, Detectron2's default), every batch is drawn
+from one aspect group, again as a pure function of ``(seed, iteration)``; DETR pads a batch to
+its largest image, and GroupNorm backbones see that padding in training.
 """
 
 import logging
