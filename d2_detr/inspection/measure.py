@@ -301,16 +301,85 @@ def measure_defect(mask, kind, mm_per_pixel=None):
     return {k: out[k] for k in ["kind"] + MEASURE_FIELDS + ["mm_per_pixel"] + MM_FIELDS if k in out}
 
 
+def _loops(skel, sdf):
+    """
+    Closed centre lines: each hole of the skeleton (a background region it encloses) much wider
+    than the crack around it is a loop (a ring-shaped crack); a small hole (a speck of
+    background inside a wide crack) is not. Returns (list of (n, 2) (y, x) closed pixel chains,
+    (H, W) bool of their skeleton pixels).
+    """
+    holes, n = ndimage.label(ndimage.binary_fill_holes(skel) & ~skel)
+    ring_pixels = np.zeros_like(skel)
+    loops = []
+    if n == 0:
+        return loops, ring_pixels
+    inside = cv2.distanceTransform((holes > 0).astype(np.uint8), cv2.DIST_L2, 5)
+    eight = np.ones((3, 3), bool)
+    for k, box in enumerate(ndimage.find_objects(holes), start=1):
+        y0, x0 = max(box[0].start - 2, 0), max(box[1].start - 2, 0)
+        sub = (slice(y0, box[0].stop + 2), slice(x0, box[1].stop + 2))
+        hole = holes[sub] == k
+        ring = ndimage.binary_dilation(hole, eight) & skel[sub]
+        half_width = float(np.max(sdf[sub][ring])) + 0.5  # EDT at the centre line
+        if float(inside[sub][hole].max()) <= 2.0 * half_width:
+            continue  # a speck of background inside the crack: the path goes around it
+        contours, _ = cv2.findContours(
+            (hole | ring).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+        )
+        chain = max(contours, key=len)[:, 0, ::-1].astype(float) + (y0, x0)  # (y, x)
+        loops.append(chain)
+        ring_pixels[sub] |= ring
+    return loops, ring_pixels
+
+
+def _closed_measures(chain, sdf, max_len):
+    """Length (px) and width profile across a closed centre line (pixel chain, (n, 2))."""
+    n = len(chain)
+    smooth = ndimage.gaussian_filter1d(chain, min(_SMOOTH_SIGMA, n / 8.0), axis=0, mode="wrap")
+    step = np.roll(smooth, -1, axis=0) - smooth
+    length = float(np.linalg.norm(step, axis=1).sum())
+    tan = (np.roll(smooth, -1, axis=0) - np.roll(smooth, 1, axis=0)) / 2.0
+    tan /= np.maximum(np.linalg.norm(tan, axis=1, keepdims=True), 1e-9)
+    normal = np.stack([-tan[:, 1], tan[:, 0]], axis=1)
+    across = _ray_to_edge(sdf, smooth, normal, max_len) + _ray_to_edge(
+        sdf, smooth, -normal, max_len
+    )
+    bad = ~np.isfinite(across)
+    if bad.any():
+        py, px = chain[bad, 0].astype(int), chain[bad, 1].astype(int)
+        across[bad] = 2.0 * sdf[py, px]
+    return smooth, length, across
+
+
 def _centre_line_measures(crop):
-    """length_px, width_max_px, width_mean_px, orientation_deg of a (padded) crack/rebar mask."""
+    """length_px, width_max_px, width_mean_px, orientation_deg of a (padded) crack/rebar mask.
+
+    A closed loop (ring-shaped crack) counts its whole circumference, measured on the closed
+    centre line; a branch leaving a loop counts when it is longer than the loop is wide (shorter
+    ones are skeleton spurs), without a tip extension at the end that meets the loop.
+    """
     sdf = _signed_distance(crop)
     max_len = 2.0 * float(sdf.max()) + 4.0
     length = 0.0
     widths = []
-    longest = None
-    for path in _skeleton_paths(skeletonize(crop)):
+    longest, longest_len = None, -1.0
+    skel = skeletonize(crop)
+    loops, ring_pixels = _loops(skel, sdf)
+    loop_width = 0.0
+    for chain in loops:
+        smooth, seg, across = _closed_measures(chain, sdf, max_len)
+        length += seg
+        widths.append(across)
+        loop_width = max(loop_width, float(np.median(across)))
+        if seg > longest_len:
+            longest, longest_len = smooth, seg
+    near_loop = ndimage.binary_dilation(ring_pixels, np.ones((3, 3), bool))
+    for path in _skeleton_paths(skel & ~ring_pixels) if (skel & ~ring_pixels).any() else []:
         smooth = _smooth(path)
         seg = np.linalg.norm(np.diff(smooth, axis=0), axis=1).sum() if len(smooth) > 1 else 0.0
+        attached = [bool(near_loop[int(p[0]), int(p[1])]) for p in (path[0], path[-1])]
+        if any(attached) and seg + 1.0 <= loop_width:
+            continue  # a spur of the loop's skeleton
         if len(smooth) >= 2:
             reach = 2 * _SMOOTH_SIGMA
             ends = np.stack([smooth[0], smooth[-1]])
@@ -320,6 +389,8 @@ def _centre_line_measures(crop):
             d = np.array([-math.sin(angle), math.cos(angle)])
             ends, dirs = np.stack([smooth[0], smooth[0]]), np.stack([d, -d])
         tips = _ray_to_edge(sdf, ends, dirs, max_len)
+        tips[np.array(attached)] = 0.0  # the end at a loop: the join, not a tip
+        seg += float(np.sum(attached))  # the step from the branch's end onto the loop
         length += seg + float(np.nansum(tips))
 
         tan = _tangents(smooth)
@@ -332,8 +403,8 @@ def _centre_line_measures(crop):
             py, px = path[bad, 0].astype(int), path[bad, 1].astype(int)
             across[bad] = 2.0 * sdf[py, px]
         widths.append(_body(smooth, across))
-        if longest is None:
-            longest = smooth
+        if seg > longest_len:
+            longest, longest_len = smooth, seg
 
     profile = np.concatenate([_median_filter_1d(w, 2 * int(np.median(w)) + 5) for w in widths])
     if len(longest) >= 2 and np.ptp(longest, axis=0).max() > 0:
