@@ -10,6 +10,9 @@ Method (FACTS.md section 6, accuracy measured by ``python -m benchmarks.bench_me
   segment lengths are summed, which removes the pixel staircase (up to ~8 % too long at 22.5 deg);
 * the skeleton stops short of the tips: the distance from each end to the mask boundary along the
   path's end tangent is added;
+* a closed loop of the skeleton around a hole much wider than the crack (a ring-shaped crack) is
+  measured as a closed centre line, its whole circumference (the longest open path would be half
+  of it); branches leaving the loop add their length when longer than the loop is wide;
 * width is measured across the crack at right angles to the smoothed path: both ways along the
   normal to the first zero of the signed distance to the mask edge (the exact Euclidean distance
   transform, ``cv2.distanceTransform``, minus the half pixel between a pixel centre and the
