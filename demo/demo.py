@@ -35,11 +35,18 @@ import d2_detr  # noqa: E402,F401  (d2_detr.compat patches before detectron2 imp
 import tqdm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from predictor import PanopticDemo, collect_inputs, output_metadata  # noqa: E402
+from predictor import (  # noqa: E402
+    DEFAULT_MAX_MEGAPIXELS,
+    PanopticDemo,
+    UnreadablePhoto,
+    collect_inputs,
+    output_metadata,
+)
 
+from d2_detr.engine.setup import check_config_file  # noqa: E402
 from d2_detr.inspection import load_severity  # noqa: E402
 from d2_detr.inspection.tiling import validate_tiling  # noqa: E402
-from d2_detr.utils.cli import UserError, closest_names, run_cli  # noqa: E402
+from d2_detr.utils.cli import UserError, closest_names, debug_enabled, run_cli  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +101,13 @@ def get_parser():
         "--overlay-max-side", type=int, default=2048, help="larger overlays are drawn downscaled"
     )
     parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        metavar="MP",
+        help="larger photos are listed as unreadable, not decoded (default %(default)g)",
+    )
+    parser.add_argument(
         "--onnx",
         metavar="MODEL.onnx",
         help="run an exported model (tools/export_model.py; .onnx or .ts) instead of "
@@ -128,6 +142,11 @@ def validate_args(args):
         raise UserError(f"--tile-above {args.tile_above}: must be >= 0")
     if args.overlay_max_side < 64:
         raise UserError(f"--overlay-max-side {args.overlay_max_side}: must be >= 64")
+    if not (math.isfinite(args.max_megapixels) and args.max_megapixels > 0):
+        raise UserError(
+            f"--max-megapixels {args.max_megapixels}: must be a positive number",
+            f"the largest photo to read, in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g})",
+        )
     if args.severity is not None and not os.path.isfile(args.severity):
         raise UserError(f"--severity {args.severity}: no such file", "give a severity YAML file")
     if not os.path.isfile(args.config_file):
@@ -161,10 +180,11 @@ def _all_keys(node, prefix=""):
 
 
 def setup_cfg(args):
+    check_config_file(args.config_file)  # safe_load only, _BASE_ chain, no Python tags
     cfg = get_cfg()
     d2_detr.add_detr_config(cfg)
     try:
-        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_file(args.config_file, allow_unsafe=False)
     except Exception as e:
         raise UserError(
             f"--config-file {args.config_file}: cannot be read ({type(e).__name__}: {e})",
@@ -213,7 +233,8 @@ def main(argv=None):
             load_severity(args.severity)
         except ValueError as e:
             raise UserError(f"--severity: {e}", "see d2_detr/inspection/severity_default.yaml")
-    photos = collect_inputs(args.input)
+    # this run's overlays are never inputs (an --output inside an --input folder, run twice)
+    photos = collect_inputs(args.input, exclude=[os.path.join(args.output, "overlays")])
     output_metadata(cfg)  # the class names must be known before the model is built
     demo = PanopticDemo(
         cfg,
@@ -226,6 +247,7 @@ def main(argv=None):
         mm_per_pixel=args.mm_per_pixel,
         severity=args.severity,
         exported=args.onnx,
+        max_megapixels=args.max_megapixels,
     )
     created = not os.path.exists(args.output)
     try:
@@ -237,12 +259,24 @@ def main(argv=None):
     for path, key in tqdm.tqdm(photos, desc="images", unit="img", disable=args.no_progress):
         try:
             demo.run_on_image(path, key, args.output)
-        except OSError as e:
+        except UnreadablePhoto as e:
             logger.warning(f"skipped {key}: {e}")
             demo.report.add_unreadable(key, str(e))
+        except OSError as e:  # writing the overlay: the output, not the photo, is the problem
+            raise UserError(
+                f"--output {args.output}: cannot write the overlay of {key} "
+                f"({e.strerror or e}); the report was not written",
+                "free disk space or choose another --output, then run again",
+            ) from None
+        except Exception as e:  # noqa: BLE001  (one photo never stops the folder)
+            if debug_enabled():
+                raise
+            logger.exception(f"failed on {key}: {type(e).__name__}: {e}")
+            demo.report.add_unreadable(key, f"{type(e).__name__}: {e}", status="error")
     report = demo.report
     unreadable = [im for im in report.images if im["status"] != "ok"]
-    if len(unreadable) == len(report.images):
+    failed = [im["image"] for im in report.images if im["status"] == "error"]
+    if len(unreadable) == len(report.images) and not failed:
         if created and not os.listdir(args.output):
             os.rmdir(args.output)
         listed = "; ".join(f"{r['image']} ({r['reason']})" for r in unreadable[:5])
@@ -254,10 +288,18 @@ def main(argv=None):
     totals = report.totals()
     print(
         f"{totals['images'] - len(unreadable)} images, {totals['defects']} defects "
-        f"{totals['counts']}, {len(unreadable)} unreadable (listed in images.csv)\n"
+        f"{totals['counts']}, {len(unreadable) - len(failed)} unreadable, {len(failed)} failed "
+        f"(listed in images.csv)\n"
         f"overlays: {os.path.join(args.output, 'overlays')}\nreport: {files['defects_csv']}, "
         f"{files['images_csv']}, {files['json']}, {files['html']}"
     )
+    if failed:  # the report is complete, but a photo met an internal error: exit status 1
+        print(
+            f"error: processing failed on {len(failed)} photo(s): {', '.join(failed[:5])} "
+            "(status 'error' in images.csv; run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     return report
 
 

@@ -4,9 +4,11 @@ Inputs are keyed by their path relative to their input root, so equal file names
 folders never collide; a photo that cannot be read is skipped and listed as unreadable.
 """
 
+import errno
 import glob
 import logging
 import os
+import warnings
 
 import d2_detr  # noqa: F401  (d2_detr.compat patches before detectron2 imports)
 
@@ -16,9 +18,10 @@ import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import _apply_exif_orientation
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
 
 from d2_detr.inspection import DefectReport
 from d2_detr.inspection.tiling import tiled_panoptic, upsample_labels
@@ -32,6 +35,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # map: finer than the model's mask-logit grid (a quarter of its ~400 px input) by > 10x, and a
 # bounded (N, H, W) float array whatever the photo's size
 MAX_MASK_SIDE = 2048
+# photos above this many pixels are refused (listed as unreadable, the run goes on): PIL's own
+# decompression-bomb guard refuses above 179 MP; 150 MP takes 108-MP phone photos and bounds
+# memory (BGR photo + full-size int32 label map: 10.5 bytes / px, 1.6 GB at 150 MP)
+DEFAULT_MAX_MEGAPIXELS = 150.0
 
 
 def is_image_name(name):
@@ -51,23 +58,56 @@ def _glob_root(pattern):
     return root or "."
 
 
-def _walk_images(folder):
-    """Image files under ``folder`` (recursive, extensions case-insensitive), sorted, plus
-    folders named like images (listed as unreadable)."""
+def _walk_images(folder, exclude=()):
+    """
+    Image files under ``folder`` (recursive, extensions case-insensitive), sorted, plus folders
+    named like images (listed as unreadable). Hidden entries (``.name``: ``._IMG.JPG`` resource
+    forks, ``.thumbnails/``) are skipped; linked folders are followed once (a link loop or a
+    second link to a folder already walked is skipped); folders whose real path is in
+    ``exclude`` (this run's own overlays) are not entered.
+    """
     found, odd = [], []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        odd += [os.path.join(root, d) for d in dirs if is_image_name(d)]
-        found += [os.path.join(root, f) for f in sorted(files) if is_image_name(f)]
+    exclude = {os.path.realpath(e) for e in exclude}
+    seen = {os.path.realpath(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if d.startswith(".") or real in seen or real in exclude:
+                continue
+            seen.add(real)
+            if is_image_name(d):  # listed as unreadable, and searched like any folder
+                odd.append(os.path.join(root, d))
+            keep.append(d)
+        dirs[:] = keep
+        found += [
+            os.path.join(root, f)
+            for f in sorted(files)
+            if is_image_name(f) and not f.startswith(".")
+        ]
     return found, odd
 
 
-def collect_inputs(inputs):
+def _display_key(key):
+    """A file name that is not valid UTF-8 (Python holds its bytes as surrogates) -> the same
+    name with those bytes as ``\\xNN``: every report file is UTF-8."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _inside(path, folders):
+    real = os.path.realpath(path)
+    return any(real == f or real.startswith(f + os.sep) for f in folders)
+
+
+def collect_inputs(inputs, exclude=()):
     """
     Files, folders (recursive) and glob patterns -> the photos to process.
 
     Args:
         inputs: list of paths / patterns as given on the command line.
+        exclude: folders that folders and globs do not look into (the demo passes its own
+            ``OUTPUT/overlays``, so an output folder inside the input is never read back);
+            files named one by one are kept.
     Returns:
         list of (path, key), unique, in input order (each folder / glob sorted). ``key`` is the
         path relative to the common parent of the input roots (a folder, a glob's folder part,
@@ -75,10 +115,11 @@ def collect_inputs(inputs):
     Raises:
         UserError: an input that does not exist, or matches no image.
     """
+    exclude = [os.path.realpath(e) for e in exclude]
     entries = []  # (abs path, root)
     for item in inputs:
         if os.path.isdir(item):
-            found, odd = _walk_images(item)
+            found, odd = _walk_images(item, exclude)
             found += odd
             if not found:
                 raise UserError(
@@ -93,8 +134,10 @@ def collect_inputs(inputs):
             found = sorted(glob.glob(os.path.expanduser(item), recursive=True))
             expanded = []
             for f in found:
+                if _inside(f, exclude):
+                    continue
                 if os.path.isdir(f) and not is_image_name(f):
-                    expanded += _walk_images(f)[0]
+                    expanded += _walk_images(f, exclude)[0]
                 else:
                     expanded.append(f)
             found = expanded
@@ -115,31 +158,89 @@ def collect_inputs(inputs):
     for path, _ in entries:
         if path not in seen:
             seen.add(path)
-            out.append((path, os.path.relpath(path, common).replace(os.sep, "/")))
+            out.append((path, _display_key(os.path.relpath(path, common).replace(os.sep, "/"))))
     return out
 
 
-def read_photo(path):
+def _to_bgr8(image):
     """
-    (H, W, 3) BGR uint8 photo with its EXIF orientation applied (Detectron2's ``read_image``).
+    PIL image of any mode -> (H, W, 3) BGR uint8. 16-bit grey (``I;16``, and ``I`` holding
+    values above 255) is scaled by 255 / 65535 as the converter does; float (``F``) is read as
+    0..1 when it stays in [0, 1], else as 0..255; every other mode (grey, palette, 1-bit, RGBA,
+    LA, CMYK, ...) is converted to RGB by PIL, as Detectron2's ``read_image`` does (which turns
+    16-bit grey white and float black).
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        grey = np.asarray(image)
+        if image.mode == "F":
+            grey = np.nan_to_num(grey.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            scale = 255.0 if grey.size and grey.min() >= 0 and grey.max() <= 1 else 1.0
+            grey = np.clip(np.rint(grey * scale), 0, 255)
+        elif image.mode.startswith("I;16") or grey.max(initial=0) > 255:
+            grey = np.rint(np.clip(grey, 0, 65535) / 257.0)  # as the converter reads them
+        grey = grey.astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))[:, :, ::-1]
 
+
+class UnreadablePhoto(OSError):
+    """A photo that cannot be read (the reason is the message); the demo lists it, goes on."""
+
+
+def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
+    """
+    (H, W, 3) BGR uint8 photo with its EXIF orientation applied, as Detectron2's ``read_image``
+    reads it (see :func:`_to_bgr8` for 16-bit and float files; a multi-frame file gives its
+    first frame).
+
+    Args:
+        max_megapixels: larger photos are refused before they are decoded (None: no limit).
     Raises:
-        OSError: with a short reason, for anything that is not a readable image.
+        UnreadablePhoto: with a short reason, for anything that is not a readable image.
     """
     if os.path.isdir(path):
-        raise OSError("a folder, not an image file")
-    if not os.path.exists(path):
-        raise OSError("dangling link" if os.path.islink(path) else "file not found")
-    if os.path.getsize(path) == 0:
-        raise OSError("empty file (0 bytes)")
+        raise UnreadablePhoto("a folder, not an image file")
     try:
-        image = read_image(path, format="BGR")
+        size = os.stat(path).st_size
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnreadablePhoto("symlink loop") from None
+        if os.path.islink(path):
+            raise UnreadablePhoto(f"dangling link (to {os.readlink(path)})") from None
+        raise UnreadablePhoto(e.strerror or "cannot access the file") from None
+    if size == 0:
+        raise UnreadablePhoto("empty file (0 bytes)")
+    limit = None if max_megapixels is None else int(max_megapixels * 1e6)
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # checked here, from the header, before decoding
+            with Image.open(path) as opened:
+                w, h = opened.size
+                if limit is not None and w * h > limit:
+                    raise _TooLarge(w, h, max_megapixels)
+                image = _to_bgr8(_apply_exif_orientation(opened))
+    except _TooLarge as e:
+        raise UnreadablePhoto(str(e)) from None
+    except MemoryError:
+        raise UnreadablePhoto("not enough memory to decode it") from None
     except Exception as e:  # PIL raises many types for corrupt data
         reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise OSError(f"not a readable image ({type(e).__name__}: {reason})") from None
+        raise UnreadablePhoto(f"not a readable image ({type(e).__name__}: {reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise OSError(f"unexpected image shape {image.shape}")
+        raise UnreadablePhoto(f"unexpected image shape {image.shape}")
     return np.ascontiguousarray(image)
+
+
+class _TooLarge(Exception):
+    def __init__(self, w, h, max_megapixels):
+        super().__init__(
+            f"{w}x{h} px = {w * h / 1e6:.1f} MP, above the limit of {max_megapixels:g} MP "
+            "(--max-megapixels; a header this large may also be a decompression bomb)"
+        )
 
 
 def output_metadata(cfg):
@@ -241,7 +342,13 @@ class ModelPredictor:
         out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
         if self.input_format == "RGB":
             image = image[:, :, ::-1]
-        resized = self.aug.get_transform(image).apply_image(image)
+        # the test-time resize, at least 1 px each way (Detectron2's rounds a 4000 x 3 strip
+        # to 0 rows)
+        newh, neww = T.ResizeShortestEdge.get_output_shape(
+            h, w, self.aug.short_edge_length[0], self.aug.max_size
+        )
+        resize = T.ResizeTransform(h, w, max(1, newh), max(1, neww), self.aug.interp)
+        resized = resize.apply_image(image)
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
         with torch.inference_mode():
             pred = self.model([{"image": tensor, "height": out_h, "width": out_w}])[0]
@@ -263,10 +370,9 @@ def should_tile(shape, cfg, tile, tile_above=None):
 
 
 def overlay_path(output, key):
-    """Overlay file mirroring ``key`` under ``output/overlays`` (same extension as the photo
-    when OpenCV can write it, else ``<key>.jpg``)."""
-    ext = os.path.splitext(key)[1].lower()
-    name = key if ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff") else key + ".jpg"
+    """Overlay file mirroring ``key`` under ``output/overlays`` (the photo's own name when it has
+    an image extension, OpenCV writes them all; else ``<key>.jpg``)."""
+    name = key if is_image_name(key) else key + ".jpg"
     return os.path.join(output, "overlays", *name.split("/"))
 
 
@@ -285,9 +391,11 @@ class PanopticDemo:
         mm_per_pixel=None,
         severity=None,
         exported=None,
+        max_megapixels=DEFAULT_MAX_MEGAPIXELS,
     ):
         """``mm_per_pixel``, ``severity`` (YAML path or None: defaults): see
-        :class:`d2_detr.inspection.DefectReport`; ``exported``: see :class:`ModelPredictor`."""
+        :class:`d2_detr.inspection.DefectReport`; ``exported``: see :class:`ModelPredictor`;
+        ``max_megapixels``: see :func:`read_photo`."""
         self.cfg = cfg
         self.predictor = ModelPredictor(cfg, weights, exported)
         self.metadata = output_metadata(cfg)
@@ -301,6 +409,8 @@ class PanopticDemo:
         self.tile, self.tile_overlap, self.tile_above = tile, tile_overlap, tile_above
         self.overlay_max_side = overlay_max_side
         self.progress = progress
+        self.max_megapixels = max_megapixels
+        self._overlays = set()  # overlay files written by this run (never two photos on one)
 
     def predict(self, image):
         """(H, W, 3) BGR -> (panoptic_seg (H, W) int32 numpy, segments_info), tiled if large."""
@@ -335,16 +445,22 @@ class PanopticDemo:
         Returns:
             (panoptic_seg, segments_info) and the overlay as an (H, W, 3) RGB uint8 array.
         Raises:
-            OSError: the photo cannot be read (nothing is added to the report).
+            UnreadablePhoto: the photo cannot be read (nothing is added to the report).
         """
         key = key or os.path.basename(path)
-        image = read_photo(path)
+        image = read_photo(path, self.max_megapixels)
         panoptic_seg, segments_info = self.predict(image)
         overlay = self.draw(image, panoptic_seg, segments_info)
         del image
         relative = None
         if output is not None:
             target = overlay_path(output, key)
+            stem, ext = os.path.splitext(target)
+            n = 1
+            while target in self._overlays:  # "x" and "x.jpg" both given: "x.jpg" is taken
+                n += 1
+                target = f"{stem}.{n}{ext}"
+            self._overlays.add(target)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             ok, data = cv2.imencode(os.path.splitext(target)[1].lower(), overlay[:, :, ::-1])
             if not ok:

@@ -19,6 +19,7 @@ __all__ = [
     "check_num_classes",
     "check_output_dir",
     "check_weights_path",
+    "check_config_file",
     "config_keys",
     "load_config",
     "validate_dataset_names",
@@ -58,10 +59,13 @@ def load_config(config_file, opts=()):
             "the shipped configs are under configs/ (e.g. configs/ConcreteDefects/"
             "detr_tiny_cpu.yaml)",
         )
+    check_config_file(config_file)
     cfg = get_cfg()
     add_detr_config(cfg)
     try:
-        cfg.merge_from_file(config_file)
+        # allow_unsafe=False: Detectron2's default falls back to yaml.unsafe_load, which runs
+        # the code a "!!python/..." tag names; check_config_file refused those already
+        cfg.merge_from_file(config_file, allow_unsafe=False)
     except yaml.YAMLError as e:
         raise UserError(f"config file {config_file} is not valid YAML: {_first_line(e)}") from None
     except KeyError as e:
@@ -85,6 +89,82 @@ def load_config(config_file, opts=()):
     except (ValueError, TypeError, AssertionError, KeyError) as e:
         raise UserError(f"command line: {_first_line(e)}", _type_hint(e)) from None
     return cfg
+
+
+def _base_paths(path, data):
+    """The ``_BASE_`` files of config ``path`` (already loaded as ``data``), resolved as
+    Detectron2's ``load_yaml_with_base`` resolves them (relative to ``path``'s folder)."""
+    bases = data.get("_BASE_") if isinstance(data, dict) else None
+    if bases is None:
+        return []
+    out = []
+    for base in bases if isinstance(bases, list) else [bases]:
+        if not isinstance(base, str):
+            raise UserError(f"config file {path}: _BASE_ must be a file name, got {base!r}")
+        if base.startswith("~"):
+            base = os.path.expanduser(base)
+        if not base.startswith(("/", "https://", "http://")):
+            base = os.path.join(os.path.dirname(path), base)
+        out.append(base)
+    return out
+
+
+def check_config_file(config_file):
+    """
+    Read ``config_file`` and its ``_BASE_`` chain with ``yaml.safe_load`` only; UserError for a
+    file that is missing, not YAML, not a mapping of keys, a missing base, a ``_BASE_`` loop,
+    or YAML tags that would construct Python objects (``!!python/object/apply:os.system``: a
+    config file must never run code).
+    """
+    chain, shown = [], []  # real paths (to find loops) and the paths as named (to show them)
+
+    def visit(path):
+        real = os.path.realpath(path)
+        if real in chain:
+            loop = " -> ".join(shown[chain.index(real) :] + [path])
+            raise UserError(
+                f"config file {config_file}: _BASE_ loop ({loop})",
+                "a config may not be its own base, directly or through other files",
+            )
+        if path.startswith(("https://", "http://")):
+            return  # fetched by Detectron2's PathManager, parsed with safe_load there too
+        if not os.path.isfile(path):
+            what = "is a folder" if os.path.isdir(path) else "does not exist"
+            where = f" (a _BASE_ of {shown[-1]})" if chain else ""
+            raise UserError(
+                f"config file {path}{where} {what}",
+                "fix the _BASE_ path (relative to the file that names it) or the --config-file",
+            )
+        try:
+            with open(path, "rb") as f:
+                data = yaml.safe_load(f)
+        except yaml.constructor.ConstructorError as e:
+            raise UserError(
+                f"config file {path}: refused, it uses a YAML tag that constructs Python objects "
+                f"({_first_line(e)})",
+                "config files may hold only plain values (numbers, strings, lists, mappings)",
+            ) from None
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {_first_line(e)}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"config file {path} cannot be read ({_first_line(e)})") from None
+        if data is None:
+            raise UserError(
+                f"config file {path} is empty", "give a Detectron2 YAML config of this project"
+            )
+        if not isinstance(data, dict):
+            raise UserError(
+                f"config file {path} holds a YAML {type(data).__name__}, not a mapping of keys",
+                "a config file maps keys to values, e.g. 'MODEL: {WEIGHTS: model.pth}'",
+            )
+        chain.append(real)
+        shown.append(path)
+        for base in _base_paths(path, data):
+            visit(base)
+        chain.pop()
+        shown.pop()
+
+    visit(os.fspath(config_file))
 
 
 _MISSING = object()

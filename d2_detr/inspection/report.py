@@ -217,12 +217,13 @@ class DefectReport:
         )
         return rows
 
-    def add_unreadable(self, image, reason):
-        """Record an image that could not be read (status "unreadable" with the reason)."""
+    def add_unreadable(self, image, reason, status="unreadable"):
+        """Record an image that could not be read (status "unreadable" with the reason), or
+        (``status="error"``) one whose processing failed."""
         self.images.append(
             {
                 "image": image,
-                "status": "unreadable",
+                "status": status,
                 "reason": str(reason),
                 "height": None,
                 "width": None,

@@ -5,7 +5,9 @@ The command-line user-error path shared by every entry point (``tools/``, ``demo
 An error caused by the user's input (a missing file, a bad value, an unknown name) is raised as
 :class:`UserError`; :func:`run_cli` prints it as a few lines naming the offender and what to do,
 and exits with code 2, without a traceback. ``--debug`` on the command line or the environment
-variable ``D2_DETR_DEBUG=1`` re-raises it with the traceback. Any other exception is a
+variable ``D2_DETR_DEBUG=1`` re-raises it with the traceback. Ctrl-C (KeyboardInterrupt) ends
+with one line and exit code 130 (the shell's 128 + SIGINT); every output file is written
+atomically (``d2_detr/utils/io.py``), so none is left half-written. Any other exception is a
 programming error and propagates unchanged.
 """
 
@@ -23,6 +25,7 @@ __all__ = [
 ]
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):
@@ -54,6 +57,11 @@ def run_cli(main, *args, **kwargs):
             raise
         print(e.format(), file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print("\ninterrupted (Ctrl-C): files already written are complete", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def exit_status(main, *args, **kwargs):

@@ -5,6 +5,10 @@ Raw layout (input)::
     RAW/images/<stem>.<jpg|jpeg|png>
     RAW/masks/<stem><suffix>.<jpg|jpeg|png>   one mask per defect class present in the image
 
+Sub-folders are allowed, mirrored between images/ and masks/ (``images/site1/a.jpg`` pairs with
+``masks/site1/acrack.png``; output name ``site1__a``); extensions and suffixes in any case (see
+``scan.py``).
+
 Output layout::
 
     OUT/{split}/<stem>.jpg                         images (always .jpg, see images.py)

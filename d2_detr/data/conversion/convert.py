@@ -19,7 +19,7 @@ from ..categories import BACKGROUND_ID, CONCRETE_DEFECT_CATEGORIES
 from ..panoptic_format import write_json, write_panoptic_png
 from .coco_json import thing_rles, write_split_jsons
 from .images import write_image
-from .masks import read_mask
+from .masks import exif_orientation, read_mask
 from .panoptic import masks_to_panoptic
 from .publish import SUMMARY_NAME, check_out_dir, make_temp_dir, publish
 from .scan import content_groups, scan_raw_dir
@@ -46,9 +46,18 @@ def convert_image(task):
     for cls, path in sorted(masks.items()):
         mask = read_mask(path, cfg["threshold"])
         if mask.shape != (height, width):
+            orientation = exif_orientation(image_path)
+            if orientation in (5, 6, 7, 8) and mask.shape == (width, height):
+                raise RawDatasetError(
+                    f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} is the size of "
+                    f"{image_path} as stored, before its EXIF orientation {orientation} "
+                    f"(displayed {width}x{height}, as Detectron2 reads it)",
+                    "re-export the mask in the displayed orientation (the one image viewers "
+                    "show), or give the mask the photo's EXIF orientation tag",
+                )
             raise RawDatasetError(
                 f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
-                f"{width}x{height} of {image_path}",
+                f"{width}x{height} of {image_path} (EXIF orientation applied)",
                 "re-export the mask at the size of its image (same orientation)",
             )
         binary[cls] = mask

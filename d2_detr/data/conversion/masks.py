@@ -25,7 +25,7 @@ from PIL import Image
 from .scan import read_bytes
 from .settings import RawDatasetError, threshold_fraction
 
-__all__ = ["read_mask", "mask_values"]
+__all__ = ["read_mask", "mask_values", "exif_orientation"]
 
 _EXIF_ORIENTATION = 274
 #: EXIF orientation -> PIL transpose (what ``ImageOps.exif_transpose`` applies).
@@ -63,7 +63,8 @@ def mask_values(decoded):
     return value, top
 
 
-def _orientation(path):
+def exif_orientation(path):
+    """The EXIF orientation tag (1-8) of an image file; 1 when it has none or it is unreadable."""
     try:
         with Image.open(path) as img:
             return img.getexif().get(_EXIF_ORIENTATION, 1)
@@ -91,7 +92,7 @@ def read_mask(path, threshold=128):
         value, top = mask_values(decoded)
     except ValueError as e:
         raise RawDatasetError(f"{path}: {e}") from e
-    orientation = _orientation(path)
+    orientation = exif_orientation(path)
     if orientation in _TRANSPOSE:
         value = np.asarray(Image.fromarray(value, mode="F").transpose(_TRANSPOSE[orientation]))
     lossless = os.path.splitext(path)[1].lower() == ".png"

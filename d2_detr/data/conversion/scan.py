@@ -2,11 +2,16 @@
 
 Raw layout::
 
-    RAW/images/<stem>.<jpg|jpeg|png>
-    RAW/masks/<stem><suffix>.<jpg|jpeg|png>   one mask per defect class present in the image
+    RAW/images/[<sub/folders>/]<stem>.<jpg|jpeg|png>
+    RAW/masks/[<sub/folders>/]<stem><suffix>.<jpg|jpeg|png>   one mask per class present
 
-Hidden files (``.name``) and sub-folders are ignored. A dangling symlink, a symlink loop, a file
-that cannot be opened or a file with another extension is an error naming the file: nothing is
+Sub-folders are searched (linked folders followed once); a mask pairs with the image of the same
+sub-folder and stem, so ``images/site1/a.jpg`` and ``images/site2/a.jpg`` are two images (their
+output names are ``site1__a`` and ``site2__a``: the sub-folders joined with ``__``). Extensions
+and class suffixes match in any case (``IMG_01.JPG``, ``IMG_01Crack.png``); a mask whose stem
+differs from its image's only in case pairs with it when that image is the only such one.
+Hidden files and folders (``.name``) are ignored. A dangling symlink, a symlink loop, a file that
+cannot be opened or a file with another extension is an error naming the file: nothing is
 silently dropped.
 """
 
@@ -16,7 +21,7 @@ import os
 
 from .settings import DEFAULT_CLASS_SUFFIXES, IMAGE_EXTENSIONS, MASK_EXTENSIONS, RawDatasetError
 
-__all__ = ["scan_raw_dir", "content_groups", "read_bytes"]
+__all__ = ["scan_raw_dir", "content_groups", "read_bytes", "output_stem"]
 
 
 def read_bytes(path):
@@ -52,12 +57,15 @@ def _check_entry(path):
     return "file"
 
 
-def _list_files(folder, extensions):
+def _list_files(folder, extensions, _rel="", _seen=None):
+    """(relative base name with "/" separators, path) of every file under ``folder``, sorted,
+    sub-folders included (each real folder once)."""
     if not os.path.isdir(folder):
         what = "is not a folder" if os.path.lexists(folder) else "folder not found"
         raise RawDatasetError(
             f"{folder}: {what}", "the raw layout is RAW/images/<stem>.jpg and RAW/masks/"
         )
+    seen = {os.path.realpath(folder)} if _seen is None else _seen
     try:
         names = sorted(os.listdir(folder))
     except OSError as e:
@@ -65,15 +73,26 @@ def _list_files(folder, extensions):
     out = []
     for name in names:
         path = os.path.join(folder, name)
-        if name.startswith(".") or _check_entry(path) == "skip":
+        if name.startswith("."):
+            continue
+        if _check_entry(path) == "skip":  # a folder: searched once, whatever links lead to it
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                out += _list_files(path, extensions, f"{_rel}{name}/", seen)
             continue
         base, ext = os.path.splitext(name)
         if ext.lower() not in extensions:
             raise RawDatasetError(
                 f"{path}: unexpected file type {ext!r} (expected one of {', '.join(extensions)})"
             )
-        out.append((base, path))
+        out.append((_rel + base, path))
     return out
+
+
+def output_stem(rel):
+    """Output name of the image ``images/<rel>.<ext>``: sub-folders joined with ``__``."""
+    return rel.replace("/", "__")
 
 
 def scan_raw_dir(raw_dir, class_suffixes=None):
@@ -95,32 +114,55 @@ def scan_raw_dir(raw_dir, class_suffixes=None):
             f"{raw_dir}: {what}", "--raw must be a folder holding images/ and masks/"
         )
     suffixes = dict(DEFAULT_CLASS_SUFFIXES if class_suffixes is None else class_suffixes)
-    images = {}
-    for stem, path in _list_files(os.path.join(raw_dir, "images"), IMAGE_EXTENSIONS):
-        if stem in images:
+    images, named = {}, {}  # relative stem -> path; output stem -> relative stem
+    for rel, path in _list_files(os.path.join(raw_dir, "images"), IMAGE_EXTENSIONS):
+        if rel in images:
             raise RawDatasetError(
-                f"{path}: two images share the stem {stem!r} (also {images[stem]}); "
+                f"{path}: two images share the stem {rel!r} (also {images[rel]}); "
                 "keep one of them"
             )
-        images[stem] = path
-    masks = {stem: {} for stem in images}
+        stem = output_stem(rel)
+        if stem in named:
+            raise RawDatasetError(
+                f"{path}: its output name {stem!r} is also that of {images[named[stem]]}",
+                "rename one of them (sub-folders are joined with '__' in output names)",
+            )
+        images[rel], named[stem] = path, rel
+    by_lower = {}
+    for rel in images:
+        by_lower.setdefault(rel.lower(), []).append(rel)
+    masks = {rel: {} for rel in images}
     by_length = sorted(suffixes, key=lambda s: (-len(s), s))
     for base, path in _list_files(os.path.join(raw_dir, "masks"), MASK_EXTENSIONS):
-        suffix = next((s for s in by_length if base.endswith(s) and len(base) > len(s)), None)
+        name = base.rsplit("/", 1)[-1]
+        suffix = next((s for s in by_length if name.endswith(s) and len(name) > len(s)), None)
+        if suffix is None:  # the exact suffix first, then in any case
+            suffix = next(
+                (s for s in by_length if name.lower().endswith(s.lower()) and len(name) > len(s)),
+                None,
+            )
         if suffix is None:
             raise RawDatasetError(
                 f"{path}: unknown class suffix (mask names are <image stem><suffix>, "
                 f"suffixes: {', '.join(sorted(suffixes))})"
             )
-        stem, cls = base[: -len(suffix)], suffixes[suffix]
-        if stem not in images:
-            raise RawDatasetError(f"{path}: mask without image (no images/{stem}.jpg|jpeg|png)")
-        if cls in masks[stem]:
+        rel, cls = base[: -len(suffix)], suffixes[suffix]
+        if rel not in images:
+            same = by_lower.get(rel.lower(), [])
+            if len(same) != 1:
+                raise RawDatasetError(
+                    f"{path}: mask without image (no images/{rel}.jpg|jpeg|png"
+                    + (f"; {len(same)} images differ from it only in case" if same else "")
+                    + ")",
+                    "a mask is named <image stem><class suffix> in the sub-folder of its image",
+                )
+            rel = same[0]
+        if cls in masks[rel]:
             raise RawDatasetError(
-                f"{path}: second {cls!r} mask for image {stem!r} (also {masks[stem][cls]})"
+                f"{path}: second {cls!r} mask for image {rel!r} (also {masks[rel][cls]})"
             )
-        masks[stem][cls] = path
-    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+        masks[rel][cls] = path
+    return [(output_stem(rel), images[rel], masks[rel]) for rel in sorted(images)]
 
 
 def content_groups(entries):
