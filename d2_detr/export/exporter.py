@@ -12,6 +12,7 @@ to multiples of 32; the tracing exporter needs neither and gives the same graph.
 """
 
 import contextlib
+import copy
 import io
 import json
 import warnings
@@ -19,9 +20,18 @@ import warnings
 import torch
 
 from ..utils.io import atomic_write_bytes
+from .fold import fold_batch_norms
+from .mask_head import split_mask_head_convs
 from .wrapper import RawInference
 
-__all__ = ["FORMATS", "MODEL_FILES", "export_onnx", "export_torchscript", "export_info"]
+__all__ = [
+    "FORMATS",
+    "MODEL_FILES",
+    "export_onnx",
+    "export_torchscript",
+    "export_info",
+    "prepare_for_export",
+]
 
 FORMATS = ("onnx", "torchscript")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
@@ -59,14 +69,34 @@ def _quiet():
         yield
 
 
-def _wrap(model):
+def prepare_for_export(model, fold_bn=True, split_mask_head=True):
+    """
+    The module to trace: a copy of ``model`` (eval mode; ``model`` itself is not changed) with
+    the batch norms folded into the convolutions (:func:`~d2_detr.export.fold.fold_batch_norms`)
+    and DETR's mask head computing its first convolution's shared part once per image
+    (:func:`~d2_detr.export.mask_head.split_mask_head_convs`). Both change the result only by
+    float rounding. Returns (copy, {"folded_norms": n, "split_mask_heads": k}).
+    """
+    model.eval()
+    if fold_bn:
+        model, folded = fold_batch_norms(model)
+    else:
+        model, folded = copy.deepcopy(model), []
+    split = split_mask_head_convs(model) if split_mask_head else 0
+    return model.eval(), {"folded_norms": len(folded), "split_mask_heads": split}
+
+
+def _wrap(model, fold_bn, split_mask_head):
+    """``RawInference`` of :func:`prepare_for_export`'s copy of ``model``, parameters frozen.
+    Returns (wrapper, what was rewritten)."""
+    model, rewrites = prepare_for_export(model, fold_bn, split_mask_head)
     wrapper = RawInference(model).eval()
     for p in wrapper.parameters():
         p.requires_grad_(False)
-    return wrapper
+    return wrapper, rewrites
 
 
-def export_onnx(model, path, sample_image, opset=17, cfg=None):
+def export_onnx(model, path, sample_image, opset=17, cfg=None, fold_bn=True, split_mask_head=True):
     """
     Write ``model``'s raw inference path as an ONNX file (dynamic batch, height and width).
 
@@ -75,6 +105,9 @@ def export_onnx(model, path, sample_image, opset=17, cfg=None):
         path: output ``.onnx`` file (written atomically).
         sample_image: (1, 3, H, W) float32 input to trace with (any size).
         opset: ONNX opset (>= 17: LayerNormalization is one op).
+        fold_bn, split_mask_head: rewrites of the traced copy, see :func:`prepare_for_export`
+            (torch.onnx folds BatchNormalization into Conv itself in eval mode; the explicit fold
+            makes the TorchScript graph lose its batch_norm ops too).
     Returns:
         the export info dict, also stored in the file's ``metadata_props["d2_detr"]``.
     """
@@ -82,7 +115,7 @@ def export_onnx(model, path, sample_image, opset=17, cfg=None):
 
     if opset < 17:
         raise ValueError(f"ONNX opset {opset}: use 17 or newer")
-    wrapper = _wrap(model)
+    wrapper, rewrites = _wrap(model, fold_bn, split_mask_head)
     names = list(wrapper.output_names)
     dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
     dynamic.update({n: {0: "batch"} for n in names})
@@ -104,21 +137,23 @@ def export_onnx(model, path, sample_image, opset=17, cfg=None):
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
     info = export_info(wrapper, "onnx", cfg, opset)
+    info.update(rewrites)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
     atomic_write_bytes(path, proto.SerializeToString())
     return info
 
 
-def export_torchscript(model, path, sample_image, cfg=None):
+def export_torchscript(model, path, sample_image, cfg=None, fold_bn=True, split_mask_head=True):
     """
     Write ``model``'s raw inference path as a traced TorchScript module (``torch.jit.load``);
     the export info is stored as its extra file ``"d2_detr"``. Arguments as :func:`export_onnx`.
     """
-    wrapper = _wrap(model)
+    wrapper, rewrites = _wrap(model, fold_bn, split_mask_head)
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(wrapper, (sample_image,), check_trace=False)
     info = export_info(wrapper, "torchscript", cfg)
+    info.update(rewrites)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={METADATA_KEY: json.dumps(info)})
     atomic_write_bytes(path, buffer.getvalue())

@@ -17,6 +17,7 @@ from ..utils.cli import UserError, require_file
 from .exporter import METADATA_KEY
 
 __all__ = [
+    "ort_session_options",
     "OnnxRuntimeBackend",
     "TorchScriptBackend",
     "load_backend",
@@ -34,17 +35,39 @@ def _read_info(path, text):
     return json.loads(text)
 
 
+def ort_session_options(threads=None, optimized_model_path=None, profile_prefix=None):
+    """
+    onnxruntime session options for CPU inference: every graph optimisation (ORT_ENABLE_ALL:
+    Conv + Add + Relu fusions, NCHWc conv layouts, attention / GELU / LayerNorm fusions),
+    sequential execution, ``threads`` intra-op threads (None: onnxruntime's default, one per
+    physical core). ``optimized_model_path``: also write the optimised graph there (to see
+    which fusions applied); ``profile_prefix``: per-node profiling into ``<prefix>*.json``.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if optimized_model_path:
+        options.optimized_model_filepath = os.fspath(optimized_model_path)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.fspath(profile_prefix)
+    return options
+
+
 class OnnxRuntimeBackend:
     """An ``.onnx`` file on onnxruntime's CPU execution provider: (B, 3, H, W) float32 image ->
-    dict of output name -> torch tensor."""
+    dict of output name -> torch tensor. ``threads``, ``optimized_model_path``,
+    ``profile_prefix``: see :func:`ort_session_options`."""
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, optimized_model_path=None, profile_prefix=None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = ort_session_options(threads, optimized_model_path, profile_prefix)
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for unreadable models
@@ -64,9 +87,14 @@ class OnnxRuntimeBackend:
 
 class TorchScriptBackend:
     """A traced TorchScript file (``model.ts``): same call as :class:`OnnxRuntimeBackend`
-    (``threads`` is ignored: TorchScript runs on torch's thread pool)."""
+    (``threads`` is ignored: TorchScript runs on torch's thread pool).
 
-    def __init__(self, path, threads=None):
+    ``optimize`` (default): ``torch.jit.freeze`` (weights become constants, so conv + bias +
+    ReLU / add patterns are visible) then ``torch.jit.optimize_for_inference`` (oneDNN
+    convolutions with fused ReLU / add, weights pre-packed), done once here, at load.
+    """
+
+    def __init__(self, path, threads=None, optimize=True):
         extra = {METADATA_KEY: ""}
         try:
             self.module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
@@ -79,6 +107,8 @@ class TorchScriptBackend:
         self.module.eval()
         self.info = _read_info(path, extra[METADATA_KEY] or None)
         self.output_names = self.info["outputs"]
+        if optimize:
+            self.module = torch.jit.optimize_for_inference(torch.jit.freeze(self.module))
 
     def __call__(self, image):
         with torch.inference_mode():
@@ -86,16 +116,17 @@ class TorchScriptBackend:
         return dict(zip(self.output_names, out))
 
 
-def load_backend(path, threads=None):
-    """The runtime for an exported model file: ``.onnx`` -> onnxruntime, else TorchScript."""
+def load_backend(path, threads=None, **options):
+    """The runtime for an exported model file: ``.onnx`` -> onnxruntime, else TorchScript;
+    ``options``: keyword arguments of that backend's class."""
     path = require_file(
         path,
         "exported model",
         "give the model.onnx / model.ts file that tools/export_model.py wrote",
     )
     if path.lower().endswith(".onnx"):
-        return OnnxRuntimeBackend(path, threads)
-    return TorchScriptBackend(path, threads)
+        return OnnxRuntimeBackend(path, threads, **options)
+    return TorchScriptBackend(path, threads, **options)
 
 
 def inference_settings(cfg):
@@ -117,11 +148,13 @@ class ExportedDETR:
             classes; its ``config.yaml`` is written next to the exported file).
         path: ``model.onnx`` or ``model.ts``.
         threads: intra-op threads of onnxruntime (None: its default).
+        backend_options: keyword arguments of the backend (:class:`OnnxRuntimeBackend`,
+            :class:`TorchScriptBackend`), e.g. ``optimize=False`` for TorchScript as loaded.
     """
 
-    def __init__(self, cfg, path, threads=None):
+    def __init__(self, cfg, path, threads=None, **backend_options):
         self.path = os.fspath(path)
-        self.backend = load_backend(self.path, threads)
+        self.backend = load_backend(self.path, threads, **backend_options)
         info = self.backend.info
         self.settings = inference_settings(cfg)
         self.size_divisibility = int(info["size_divisibility"])
