@@ -23,7 +23,7 @@ from PIL import Image
 from test_demo import SMALL_CLI, TINY, run_in_process, save_tiny_weights
 
 from d2_detr.data.conversion import convert_concrete_dataset
-from d2_detr.engine.setup import load_config
+from d2_detr.engine.setup import check_weights_fit, load_config, weights_fit
 from d2_detr.utils.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -467,3 +467,58 @@ def test_converter_exif_rotated_photo_with_unrotated_mask(tmp_path):
     convert_concrete_dataset(raw, tmp_path / "out", val_fraction=0, workers=1, progress=False)
     assert Image.open(tmp_path / "out" / "train" / "p.jpg").size == (W, H)
     shutil.rmtree(tmp_path / "out")
+
+
+# --- weights of another model ------------------------------------------------------------------
+
+
+def test_weights_fit_counts_names_and_shapes():
+    model = {"a": (2, 3), "b": (4,), "c": (1,)}
+    fit = weights_fit(model, {"module.a": np.zeros((2, 3)), "module.b": np.zeros(5),
+                              "module.z": np.zeros(1)})  # fmt: skip
+    assert fit["loaded"] == ["a"] and fit["missing"] == ["c"] and fit["unused"] == ["z"]
+    assert fit["shape"] == ["b (5,) != (4,)"]
+
+
+def _tiny_cfg(*opts):
+    cfg = load_config(TINY, list(SMALL_CLI) + list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def test_check_weights_fit(weights, tmp_path):
+    """The same model: silent. Another query count: training gets one summary line, evaluation
+    an error. An unrelated checkpoint (a classifier's names): an error either way."""
+    from d2_detr.engine import DETRCheckpointer
+
+    data = DETRCheckpointer(None)._load_file(weights)
+    assert check_weights_fit(_tiny_cfg(), data, weights) is None
+    assert check_weights_fit(_tiny_cfg(), data, weights, eval_only=True) is None
+    other = _tiny_cfg("MODEL.DETR.NUM_OBJECT_QUERIES", "7")
+    line = check_weights_fit(other, data, weights)
+    assert "query_embed.weight (20, 64) != (7, 64)" in line and "1 of another shape" in line
+    with pytest.raises(UserError, match="does not fit the model of this config"):
+        check_weights_fit(other, data, weights, eval_only=True)
+    resnet = {"model": {"conv1.weight": np.zeros((64, 3, 7, 7)), "fc.weight": np.zeros((9, 2))}}
+    with pytest.raises(UserError, match="none of its 2 tensors fits"):
+        check_weights_fit(_tiny_cfg(), resnet, "resnet.pth")
+
+
+def test_train_net_eval_only_with_another_models_weights(weights, tmp_path):
+    """tools/train_net.py --eval-only with weights of another config: exit 2 and a message
+    naming the file and a mismatched tensor, before anything is written (it used to evaluate a
+    half-random model after a warning per tensor)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_field_train_net", "tools/train_net.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "eval"
+    args = tool.parse_args(
+        ["--config-file", TINY, "--eval-only", "OUTPUT_DIR", str(out), "MODEL.WEIGHTS", weights,
+         "DATASETS.TEST", "()", *SMALL_CLI, "MODEL.DETR.HIDDEN_DIM", "96"]
+    )  # fmt: skip
+    with pytest.raises(UserError) as e:
+        tool.setup(args)
+    assert "model.pth" in str(e.value) and "input_proj.weight" in str(e.value)
+    assert not out.exists()

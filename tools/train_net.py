@@ -16,6 +16,8 @@ traceback.
 
 import d2_detr  # noqa: F401  # isort: split  (compat patches before detectron2 imports)
 
+import logging
+
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -26,6 +28,7 @@ from d2_detr.engine.setup import (
     check_datasets,
     check_num_classes,
     check_output_dir,
+    check_weights_fit,
     check_weights_path,
     load_config,
 )
@@ -49,13 +52,34 @@ def setup(args):
     # the weights are read once here, so that a bad file is reported before OUTPUT_DIR is
     # written to (default_setup writes config.yaml and the log there)
     checkpointer = DETRCheckpointer(None, save_dir=cfg.OUTPUT_DIR)
+    partial = None
     if args.resume and checkpointer.has_checkpoint():
         checkpointer.check_resume_file()
     elif cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS:
         check_weights_path(cfg.MODEL.WEIGHTS)
-        checkpointer.check_file(cfg.MODEL.WEIGHTS)
+        # another model's checkpoint: a message, not a warning per tensor and a random model
+        data = checkpointer._load_file(cfg.MODEL.WEIGHTS)
+        partial = check_weights_fit(cfg, data, cfg.MODEL.WEIGHTS, eval_only=args.eval_only)
+        del data
     default_setup(cfg, args)
+    if partial:  # training from a partial fit: one line instead of fvcore's line per tensor
+        logging.getLogger("fvcore.common.checkpoint").addFilter(_ShapeSkipFilter())
+        logging.getLogger("detectron2").warning(partial)
     return cfg
+
+
+class _ShapeSkipFilter(logging.Filter):
+    """Drops fvcore's line per skipped tensor and its lists of missing / unused names (the
+    summary of ``check_weights_fit`` says it once)."""
+
+    PREFIXES = (
+        "Skip loading parameter",
+        "Some model parameters or buffers are not found",
+        "The checkpoint state_dict contains keys that are not used",
+    )
+
+    def filter(self, record):
+        return not record.getMessage().startswith(self.PREFIXES)
 
 
 def format_pq(cfg, results):

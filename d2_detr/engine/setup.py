@@ -19,10 +19,12 @@ __all__ = [
     "check_num_classes",
     "check_output_dir",
     "check_weights_path",
+    "check_weights_fit",
     "check_config_file",
     "config_keys",
     "load_config",
     "validate_dataset_names",
+    "weights_fit",
 ]
 
 
@@ -271,6 +273,90 @@ def check_output_dir(path):
         raise UserError(f"OUTPUT_DIR {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"OUTPUT_DIR {path} is not writable ({probe})", "choose another OUTPUT_DIR")
+
+
+def weights_fit(model_shapes, state_dict):
+    """
+    How a checkpoint's tensors fit a model, by name and shape (pure).
+
+    Args:
+        model_shapes: dict name -> shape of the model's state dict.
+        state_dict: the checkpoint's tensors / arrays (a ``module.`` prefix of every key, as
+            DistributedDataParallel saves them, is ignored as Detectron2's loader ignores it).
+    Returns:
+        dict: ``loaded`` (names that fit), ``shape`` (list of "name (ckpt shape) != (model
+        shape)"), ``missing`` (model names absent from the checkpoint), ``unused`` (checkpoint
+        names the model does not have).
+    """
+    keys = list(state_dict)
+    if keys and all(k.startswith("module.") for k in keys):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    loaded, shape = [], []
+    for name, want in model_shapes.items():
+        if name not in state_dict:
+            continue
+        have = tuple(getattr(state_dict[name], "shape", ()))
+        if have == tuple(want):
+            loaded.append(name)
+        else:
+            shape.append(f"{name} {have} != {tuple(want)}")
+    return {
+        "loaded": loaded,
+        "shape": shape,
+        "missing": [k for k in model_shapes if k not in state_dict],
+        "unused": [k for k in state_dict if k not in model_shapes],
+    }
+
+
+def check_weights_fit(cfg, data, path, eval_only=False, key="MODEL.WEIGHTS"):
+    """
+    UserError when checkpoint ``data`` (as ``DETRCheckpointer`` reads it) does not fit the model
+    of ``cfg``: no tensor fits (another model), or, for ``--eval-only``, any tensor of the
+    model missing or of another shape (evaluating a half-loaded model measures nothing).
+    Training from a partial fit (e.g. fine-tuning to another class count) is allowed: returns
+    one summary line to log instead of a warning per tensor. The model is built on the "meta"
+    device (shapes only, no memory). Detectron2's model-zoo ``.pkl`` files, whose names are
+    matched by heuristics, are not checked (None).
+    """
+    import torch
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    if data.get("matching_heuristics") or not isinstance(data.get("model"), dict):
+        return None
+    try:
+        with torch.device("meta"):
+            model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    except Exception:  # noqa: BLE001  (a model that cannot be built on meta: not checked)
+        return None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    fit = weights_fit(shapes, data["model"])
+    n_model, n_ckpt = len(shapes), len(data["model"])
+    eg = "; ".join(fit["shape"][:3]) or ", ".join(fit["missing"][:3])
+    if not fit["loaded"]:
+        raise UserError(
+            f"{key} {path}: none of its {n_ckpt} tensors fits the model of this config "
+            f"({len(fit['shape'])} with the model's names but other shapes, e.g. {eg or '-'}; "
+            f"{len(fit['unused'])} names the model does not have, e.g. "
+            f"{', '.join(fit['unused'][:3]) or '-'})",
+            "give a checkpoint of this model (tools/train_net.py writes model_final.pth), the "
+            "config it was trained with, or convert official DETR weights first "
+            "(tools/convert_detr_checkpoint.py)",
+        )
+    if eval_only and (fit["shape"] or fit["missing"]):
+        raise UserError(
+            f"{key} {path} does not fit the model of this config: {len(fit['shape'])} "
+            f"tensor(s) of another shape, {len(fit['missing'])} missing, of {n_model} "
+            f"(e.g. {eg})",
+            "--eval-only needs the config the model was trained with (e.g. "
+            "MODEL.DETR.NUM_CLASSES, HIDDEN_DIM, NUM_OBJECT_QUERIES, the backbone)",
+        )
+    if fit["shape"] or fit["missing"]:
+        return (
+            f"{key} {path}: {len(fit['loaded'])} of the model's {n_model} tensors loaded; "
+            f"{len(fit['shape'])} of another shape keep their initial values (e.g. {eg}), "
+            f"{len(fit['missing'])} not in the checkpoint"
+        )
+    return None
 
 
 def check_weights_path(path, key="MODEL.WEIGHTS"):
