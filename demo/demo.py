@@ -5,16 +5,22 @@ Panoptic overlays and a defect report for folders of photos, with a trained DETR
     python demo/demo.py --config-file configs/ConcreteDefects/detr_tiny_cpu.yaml \
         --input photos/ more/*.jpg --output output/inspection MODEL.WEIGHTS model_final.pth
 
-Inputs: image files, folders (searched recursively; .jpg .jpeg .png .bmp .tif .tiff .webp in any
-case) and glob patterns. Each photo is keyed by its path relative to the common folder of the
-inputs (``a/00044.jpg`` and ``b/00044.jpg`` stay apart). Writes ``OUTPUT/overlays/<key>``, the
-report ``OUTPUT/defects.csv`` (one row per defect), ``OUTPUT/images.csv`` (one row per photo),
-``OUTPUT/defect_report.json`` and ``OUTPUT/report.html``.
+Inputs: image files, folders (searched recursively, linked folders followed once, hidden
+``.name`` entries skipped; .jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp in any case) and glob
+patterns. Each photo is keyed by its path relative to the common folder of the inputs
+(``a/00044.jpg`` and ``b/00044.jpg`` stay apart). Writes ``OUTPUT/overlays/<key>``, the report
+``OUTPUT/defects.csv`` (one row per defect), ``OUTPUT/images.csv`` (one row per photo),
+``OUTPUT/defect_report.json`` and ``OUTPUT/report.html``; ``OUTPUT/overlays`` is never read as
+input (an --output inside an --input folder). Photos are read as displayed (EXIF orientation
+applied); grey, palette, 1-bit, 16-bit, float, RGBA and CMYK files as 8-bit colour.
 
-A photo that cannot be read (corrupt, truncated, empty, not an image, a dangling link) is skipped
-with a warning and listed in the report (images.csv / json: status "unreadable" and the reason);
-the run goes on and exits 0 when at least one photo was processed. When none can be read it
-writes nothing and exits 2.
+A photo that cannot be read (corrupt, truncated, empty, not an image, a dangling link or link
+loop, HEIC / camera raw / GIF, above ``--max-megapixels``) is skipped with a warning and listed
+in the report (images.csv / json: status "unreadable" and the reason). Exit status: 0 when every
+photo was processed or listed as unreadable; 1 when the report was written but processing failed
+on some photo (status "error", the others are processed); 2 for bad arguments, or when no photo
+can be read (nothing is written); 130 on Ctrl-C (every file written so far is complete: all are
+written atomically; the report is not written).
 
 Large photos run on overlapping tiles at native resolution (``--tile 1024 --tile-overlap 128``)
 when their longest side exceeds both one tile and twice INPUT.MAX_SIZE_TEST (``--tile-above``;

@@ -30,7 +30,15 @@ from d2_detr.utils.io import atomic_write_bytes
 
 logger = logging.getLogger("d2_detr.demo")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# overlays keep the photo's own name when OpenCV writes that extension, else get ".jpg" added
+OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# photo formats found in inspectors' folders that this tool does not decode: listed as
+# unreadable with what to do, never skipped in silence
+UNSUPPORTED_EXTENSIONS = (
+    ".heic", ".heif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf",
+    ".raw", ".gif",
+)  # fmt: skip
 # the non-tiled path computes masks at most this size (longest side) and upsamples the label
 # map: finer than the model's mask-logit grid (a quarter of its ~400 px input) by > 10x, and a
 # bounded (N, H, W) float array whatever the photo's size
@@ -43,6 +51,10 @@ DEFAULT_MAX_MEGAPIXELS = 150.0
 
 def is_image_name(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_unsupported_photo(name):
+    return name.lower().endswith(UNSUPPORTED_EXTENSIONS)
 
 
 def _glob_root(pattern):
@@ -61,9 +73,10 @@ def _glob_root(pattern):
 def _walk_images(folder, exclude=()):
     """
     Image files under ``folder`` (recursive, extensions case-insensitive), sorted, plus folders
-    named like images (listed as unreadable). Hidden entries (``.name``: ``._IMG.JPG`` resource
-    forks, ``.thumbnails/``) are skipped; linked folders are followed once (a link loop or a
-    second link to a folder already walked is skipped); folders whose real path is in
+    named like images and photos in formats this tool does not read (HEIC, camera raw, ...):
+    those are listed as unreadable with the reason. Hidden entries (``.name``: ``._IMG.JPG``
+    resource forks, ``.thumbnails/``) are skipped; linked folders are followed once (a link loop
+    or a second link to a folder already walked is skipped); folders whose real path is in
     ``exclude`` (this run's own overlays) are not entered.
     """
     found, odd = [], []
@@ -80,11 +93,11 @@ def _walk_images(folder, exclude=()):
                 odd.append(os.path.join(root, d))
             keep.append(d)
         dirs[:] = keep
-        found += [
-            os.path.join(root, f)
-            for f in sorted(files)
-            if is_image_name(f) and not f.startswith(".")
-        ]
+        for f in sorted(files):
+            if not f.startswith(".") and is_image_name(f):
+                found.append(os.path.join(root, f))
+            elif not f.startswith(".") and is_unsupported_photo(f):
+                odd.append(os.path.join(root, f))
     return found, odd
 
 
@@ -200,6 +213,12 @@ def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
     """
     if os.path.isdir(path):
         raise UnreadablePhoto("a folder, not an image file")
+    if is_unsupported_photo(path):
+        ext = os.path.splitext(path)[1].lower()
+        raise UnreadablePhoto(
+            f"{ext} photos are not read by this tool (HEIC/AVIF, camera raw, GIF): export them "
+            "as JPEG or PNG (phones: the 'most compatible' camera format)"
+        )
     try:
         size = os.stat(path).st_size
     except OSError as e:
@@ -372,7 +391,7 @@ def should_tile(shape, cfg, tile, tile_above=None):
 def overlay_path(output, key):
     """Overlay file mirroring ``key`` under ``output/overlays`` (the photo's own name when it has
     an image extension, OpenCV writes them all; else ``<key>.jpg``)."""
-    name = key if is_image_name(key) else key + ".jpg"
+    name = key if key.lower().endswith(OVERLAY_EXTENSIONS) else key + ".jpg"
     return os.path.join(output, "overlays", *name.split("/"))
 
 
