@@ -6,8 +6,8 @@ Panoptic overlays and a defect report for folders of photos, with a trained DETR
         --input photos/ more/*.jpg --output output/inspection MODEL.WEIGHTS model_final.pth
 
 Inputs: image files, folders (searched recursively, linked folders followed once, hidden
-``.name`` entries skipped; .jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp in any case) and glob
-patterns. Each photo is keyed by its path relative to the common folder of the inputs
+``.name`` entries skipped; .jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp .avif in any case)
+and glob patterns. Each photo is keyed by its path relative to the common folder of the inputs
 (``a/00044.jpg`` and ``b/00044.jpg`` stay apart). Writes ``OUTPUT/overlays/<key>``, the report
 ``OUTPUT/defects.csv`` (one row per defect), ``OUTPUT/images.csv`` (one row per photo),
 ``OUTPUT/defect_report.json`` and ``OUTPUT/report.html``; ``OUTPUT/overlays`` is never read as

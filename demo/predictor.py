@@ -30,13 +30,15 @@ from d2_detr.utils.io import atomic_write_bytes
 
 logger = logging.getLogger("d2_detr.demo")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif",
+)  # fmt: skip
 # overlays keep the photo's own name when OpenCV writes that extension, else get ".jpg" added
 OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # photo formats found in inspectors' folders that this tool does not decode: listed as
 # unreadable with what to do, never skipped in silence
 UNSUPPORTED_EXTENSIONS = (
-    ".heic", ".heif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf",
+    ".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf",
     ".raw", ".gif",
 )  # fmt: skip
 # the non-tiled path computes masks at most this size (longest side) and upsamples the label
@@ -216,7 +218,7 @@ def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
     if is_unsupported_photo(path):
         ext = os.path.splitext(path)[1].lower()
         raise UnreadablePhoto(
-            f"{ext} photos are not read by this tool (HEIC/AVIF, camera raw, GIF): export them "
+            f"{ext} photos are not read by this tool (HEIC, camera raw, GIF): export them "
             "as JPEG or PNG (phones: the 'most compatible' camera format)"
         )
     try:
