@@ -13,13 +13,14 @@ Every step runs the same command a user would run; each command is printed.
 """
 
 import argparse
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+
+from d2_detr.utils.io import atomic_write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
@@ -225,8 +226,7 @@ def main(argv=None):
     run([py, "tools/plot_metrics.py", train_dir, "--out", out])
 
     summary = {"seconds": round(time.time() - start, 1), "output": out, "panoptic_quality": pq}
-    with open(os.path.join(out, "demo_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_json(os.path.join(out, "demo_summary.json"), summary)
     rel = os.path.relpath(out, os.getcwd())
     print("\n=== panoptic quality (PQ, things / background) ===")
     for name, v in pq.items():
@@ -242,8 +242,8 @@ def main(argv=None):
   evaluation    {rel}/eval.log (PQ/SQ/RQ table above, plus bbox/segm AP)
   curves        {rel}/losses.png, {rel}/eval.png
   overlays      {rel}/predictions/overlays/<path>/*.jpg (synthetic val + the real sample)
-  report        {rel}/predictions/defects.csv (one row per defect), images.csv (per image),
-                defect_report.json
+  report        {rel}/predictions/report.html (open it in a browser), defects.csv (one row
+                per defect), images.csv (per image), defect_report.json
 The model is tiny and trained from scratch for minutes on synthetic data: expect rough masks,
 and little on the real photos (they are not in its training set). See README for real training.
 """)
