@@ -525,3 +525,31 @@ def test_train_net_eval_only_with_another_models_weights(weights, tmp_path):
         tool.setup(args)
     assert "model.pth" in str(e.value) and "input_proj.weight" in str(e.value)
     assert not out.exists()
+
+
+def test_names_that_are_not_utf8(tmp_path):
+    """The converter refuses a file name that is not UTF-8 (its json files name every image),
+    naming it; the validator reads such a dataset (made elsewhere) without crashing: OpenCV's
+    imread used to end the process with SIGSEGV on such a path."""
+    from d2_detr.data.validation import check_panoptic
+
+    raw = tmp_path / "raw"
+    _raw(raw, ["a.jpg"], {"acrack.png": (5, 15, 5, 40)})
+    os.rename(raw / "images" / "a.jpg", os.path.join(os.fsencode(str(raw / "images")), b"\xe9.jpg"))
+    with pytest.raises(UserError, match=r"\\xe9\.jpg: the file name is not valid UTF-8"):
+        convert_concrete_dataset(raw, tmp_path / "bad", workers=1, progress=False)
+    raw2 = tmp_path / "raw2"
+    _raw(raw2, ["a.jpg"], {"acrack.png": (5, 15, 5, 40)})
+    out = tmp_path / "out"
+    convert_concrete_dataset(raw2, out, val_fraction=0, workers=1, progress=False)
+    odd = os.fsdecode(b"\xe9")
+    os.rename(out / "train" / "a.jpg", out / "train" / f"{odd}.jpg")
+    os.rename(out / "panoptic_train" / "a.png", out / "panoptic_train" / f"{odd}.png")
+    for name in ("panoptic_train.json", "instances_train.json"):
+        path = out / "annotations" / name
+        data = json.load(open(path))
+        for rec in data["images"] + data.get("annotations", []):
+            if "file_name" in rec:
+                rec["file_name"] = rec["file_name"].replace("a.", f"{odd}.")
+        json.dump(data, open(path, "w"))
+    assert check_panoptic(str(out)) == []

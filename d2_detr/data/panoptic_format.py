@@ -87,7 +87,12 @@ def read_panoptic_png(path):
         id_map: (H, W) int32 segment ids.
         segments: dict id -> {"area": int, "bbox": [x, y, w, h]} for every non-zero id.
     """
-    img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    try:  # bytes read by Python: cv2.imread crashes (SIGSEGV) on a name that is not UTF-8
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), np.uint8)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable PNG ({e.strerror or e})") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise ValueError(f"{path}: not a readable PNG")
     id_map = ids_from_bgr(img)

@@ -81,6 +81,14 @@ def _list_files(folder, extensions, _rel="", _seen=None):
                 seen.add(real)
                 out += _list_files(path, extensions, f"{_rel}{name}/", seen)
             continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, held by Python as surrogates
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise RawDatasetError(
+                f"{shown}: the file name is not valid UTF-8",
+                "rename it: the dataset's json files name every image and mask",
+            ) from None
         base, ext = os.path.splitext(name)
         if ext.lower() not in extensions:
             raise RawDatasetError(
