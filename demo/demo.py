@@ -30,6 +30,7 @@ most 2048 px on the longest side, then the label map is upsampled to the photo's
 """
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -72,6 +73,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: exit 2 as well, with the usage line
         self.print_usage(sys.stderr)
         raise UserError(message, f"see {self.prog} --help")
+
+
+# writing errors of the output folder itself (full, read-only, no permission): the run stops
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 
 def get_parser():
@@ -268,7 +273,12 @@ def main(argv=None):
         except UnreadablePhoto as e:
             logger.warning(f"skipped {key}: {e}")
             demo.report.add_unreadable(key, str(e))
-        except OSError as e:  # writing the overlay: the output, not the photo, is the problem
+        except OSError as e:  # writing the overlay
+            if e.errno not in _OUTPUT_ERRNOS:  # this photo's overlay only (e.g. name too long)
+                logger.warning(f"failed on {key}: cannot write its overlay ({e})")
+                demo.report.add_unreadable(key, f"cannot write the overlay: {e}", status="error")
+                continue
+            # the output, not the photo, is the problem: every next photo would fail too
             raise UserError(
                 f"--output {args.output}: cannot write the overlay of {key} "
                 f"({e.strerror or e}); the report was not written",

@@ -553,3 +553,28 @@ def test_names_that_are_not_utf8(tmp_path):
                 rec["file_name"] = rec["file_name"].replace("a.", f"{odd}.")
         json.dump(data, open(path, "w"))
     assert check_panoptic(str(out)) == []
+
+
+def test_overlay_write_errors(weights, tmp_path, monkeypatch):
+    """An overlay name the file system refuses (255 bytes + '.jpg'): that photo is an error, the
+    others are processed (exit 1). A full disk: exit 2 naming --output, no report written."""
+    import errno
+
+    src = tmp_path / "in"
+    os.makedirs(src)
+    Image.fromarray(reference()).save(src / "ok.jpg")
+    long_name = "x" * 250 + ".avif"  # a valid name; its overlay, name + ".jpg", is not
+    Image.fromarray(reference(1)).save(src / long_name)
+    proc = _demo(src, tmp_path / "out", weights)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    rows = _rows(tmp_path / "out" / "images.csv")
+    assert rows["ok.jpg"]["status"] == "ok"
+    assert rows[long_name]["status"] == "error" and "overlay" in rows[long_name]["reason"]
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(predictor, "atomic_write_bytes", full)
+    proc = _demo(src, tmp_path / "out2", weights)
+    assert_user_error(proc, "--output", "No space left on device")
+    assert not (tmp_path / "out2" / "images.csv").exists()
