@@ -27,6 +27,11 @@ def _check_input(args):
         raise UserError(
             f"{path}: does not exist", "give a dataset root (with annotations/) or a panoptic json"
         )
+    if not os.path.isdir(path) and not path.lower().endswith(".json"):
+        raise UserError(
+            f"{path}: not a dataset folder or a .json file",
+            "give a dataset root (with annotations/) or a panoptic json",
+        )
     if os.path.isdir(path) and not panoptic_splits(path):
         raise UserError(
             f"{os.path.join(path, 'annotations')}: no panoptic_*.json found",

@@ -578,3 +578,16 @@ def test_overlay_write_errors(weights, tmp_path, monkeypatch):
     proc = _demo(src, tmp_path / "out2", weights)
     assert_user_error(proc, "--output", "No space left on device")
     assert not (tmp_path / "out2" / "images.csv").exists()
+
+
+def test_validator_given_a_photo(tmp_path, capsys):
+    """datasets/check_panoptic.py on a JPEG: exit 2 (nothing to check), not exit 1 with an
+    'unreadable json' problem."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_field_check", "datasets/check_panoptic.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    Image.fromarray(reference()).save(tmp_path / "photo.jpg")
+    assert tool.main([str(tmp_path / "photo.jpg")]) == 2
+    assert "not a dataset folder or a .json file" in capsys.readouterr().err
