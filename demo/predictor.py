@@ -35,6 +35,9 @@ IMAGE_EXTENSIONS = (
 )  # fmt: skip
 # overlays keep the photo's own name when OpenCV writes that extension, else get ".jpg" added
 OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# decoders Pillow may use, whatever the file is named: not EPS / PDF-like formats, whose
+# plugins start Ghostscript (a program run on the file's content) where it is installed
+PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "AVIF")  # JPEG includes MPO
 # photo formats found in inspectors' folders that this tool does not decode: listed as
 # unreadable with what to do, never skipped in silence
 UNSUPPORTED_EXTENSIONS = (
@@ -237,7 +240,7 @@ def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None  # checked here, from the header, before decoding
-            with Image.open(path) as opened:
+            with Image.open(path, formats=PHOTO_FORMATS) as opened:
                 w, h = opened.size
                 if limit is not None and w * h > limit:
                     raise _TooLarge(w, h, max_megapixels)

@@ -591,3 +591,23 @@ def test_validator_given_a_photo(tmp_path, capsys):
     Image.fromarray(reference()).save(tmp_path / "photo.jpg")
     assert tool.main([str(tmp_path / "photo.jpg")]) == 2
     assert "not a dataset folder or a .json file" in capsys.readouterr().err
+
+
+def test_postscript_named_jpg_is_never_decoded(tmp_path):
+    """Pillow identifies files by content: an EPS file named .jpg would be rendered by
+    Ghostscript (a program run on the file) where it is installed. The demo and the converter
+    decode photo formats only. A multi-picture JPEG (MPO, some cameras) still reads."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    (tmp_path / "eps.jpg").write_bytes(eps)
+    assert Image.open(tmp_path / "eps.jpg").format == "EPS"  # what plain Image.open does
+    with pytest.raises(UnreadablePhoto, match="cannot identify"):
+        read_photo(str(tmp_path / "eps.jpg"))
+    raw = tmp_path / "raw"
+    os.makedirs(raw / "images")
+    os.makedirs(raw / "masks")
+    (raw / "images" / "a.jpg").write_bytes(eps)
+    with pytest.raises(UserError, match="a.jpg: corrupt or unreadable image"):
+        convert_concrete_dataset(raw, tmp_path / "out", workers=1, progress=False)
+    first = Image.fromarray(reference())
+    first.save(tmp_path / "mpo.jpg", format="MPO", save_all=True, append_images=[first])
+    assert read_photo(str(tmp_path / "mpo.jpg")).shape == (H, W, 3)

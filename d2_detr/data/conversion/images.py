@@ -21,7 +21,7 @@ JPEG_QUALITY = 95
 def write_image(src, dst):
     """Copy a JPEG as is, re-encode anything else; returns ((width, height), re-encoded)."""
     try:
-        with Image.open(src) as img:
+        with Image.open(src, formats=("JPEG", "PNG")) as img:  # never EPS & co.
             fmt, mode, size = img.format, img.mode, img.size
             orientation = img.getexif().get(274, 1)
             if fmt == "JPEG":  # DCT-scaled decode: still reads the whole stream, 2x faster

@@ -66,7 +66,7 @@ def mask_values(decoded):
 def exif_orientation(path):
     """The EXIF orientation tag (1-8) of an image file; 1 when it has none or it is unreadable."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=("JPEG", "PNG")) as img:
             return img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001  (no EXIF readable: as stored)
         return 1
