@@ -10,7 +10,7 @@ dataset is broken, exit 2 when nothing can be checked; the validator never write
 Most cases call the script's ``main(argv)`` in this process (its exit status and captured
 output, checked by ``cli_utils.assert_user_error`` like a subprocess; an unexpected exception
 fails the test): starting Python with torch and Detectron2 costs seconds of CPU per run. A few
-cases (``test_as_a_subprocess``) run the real scripts with ``cli_utils.run_tool``.
+cases (``test_as_a_subprocess``) run the real scripts with ``cli_utils.run_tools`` (side by side).
 """
 
 import contextlib
@@ -23,7 +23,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from cli_utils import REPO, assert_user_error, run_tool, tree_digest
+from cli_utils import REPO, assert_user_error, run_tools, tree_digest
 from PIL import Image
 
 CONVERT = "datasets/prepare_concrete_defects.py"
@@ -330,20 +330,27 @@ def test_validator_unusable_input(case, converted, tmp_path):
 
 
 def test_as_a_subprocess(good_raw, converted, tmp_path):
-    """The real scripts, three ways: converter exit 2, validator exit 1, validator exit 2."""
+    """The real scripts, three ways (run side by side): converter exit 2, validator exit 1,
+    validator exit 2."""
     raw = tmp_path / "raw"
     shutil.copytree(good_raw, raw)
     os.symlink(raw / "gone.png", raw / "masks" / "bcrack.png")
     out = tmp_path / "dataset"
     shutil.copytree(converted, out)
     before = tree_digest(out)
-    proc = run_tool(CONVERT, "--raw", raw, "--out", out, "--overwrite", "--no-progress")
-    assert_user_error(proc, "bcrack.png", "dangling symlink")
-    assert tree_digest(out) == before and sorted(os.listdir(tmp_path)) == ["dataset", "raw"]
+    broken = tmp_path / "broken"
+    shutil.copytree(converted, broken)
+    _edit(broken / PAN, _set(["annotations", 0, "segments_info"], None))
+    converter, located, missing = run_tools(
+        (CONVERT, ["--raw", raw, "--out", out, "--overwrite", "--no-progress"]),
+        (CHECK, [broken]),
+        (CHECK, [tmp_path / "nope"]),
+    )
+    assert_user_error(converter, "bcrack.png", "dangling symlink")
+    assert tree_digest(out) == before
+    assert sorted(os.listdir(tmp_path)) == ["broken", "dataset", "raw"]
 
-    _edit(out / PAN, _set(["annotations", 0, "segments_info"], None))
-    proc = run_tool(CHECK, out)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "panoptic_train.json: annotations[0].segments_info: expected a list" in proc.stdout
+    assert located.returncode == 1 and "Traceback" not in located.stderr, located.stderr[-3000:]
+    assert "panoptic_train.json: annotations[0].segments_info: expected a list" in located.stdout
 
-    assert_user_error(run_tool(CHECK, tmp_path / "nope"), "nope", "does not exist")
+    assert_user_error(missing, "nope", "does not exist")

@@ -2,14 +2,15 @@
 traceback, and leaves existing outputs untouched.
 
 Most cases run in-process through ``run_cli`` (the same path as the command line, without the
-interpreter start-up); the cases marked ``cli`` also run as a real subprocess."""
+interpreter start-up); the cases marked ``cli`` also run as real processes, started side by
+side."""
 
 import os
 import pickle
 import types
 
 import pytest
-from cli_utils import CodePayload, assert_user_error, run_tool, tree_digest
+from cli_utils import CodePayload, assert_user_error, run_tools, tree_digest
 from test_demo import SMALL_CLI, TINY, run_in_process, save_tiny_weights, write_photos
 
 
@@ -103,24 +104,39 @@ def test_bad_input(name, env, tmp_path, monkeypatch):
     assert not (env.root / "pwned").exists()
 
 
+@pytest.fixture(scope="module")
+def cli_runs(env, tmp_path_factory):
+    """The cases marked ``cli``, and an --output that is a file, as real processes started side
+    by side -> {name: (CompletedProcess, the output, its digest before the run)}."""
+    calls, outputs = {}, {}
+    for name in sorted(n for n, c in CASES.items() if c["cli"]):
+        args, opts = build(CASES[name], env)
+        out = tmp_path_factory.mktemp(f"cli_{name}") / "out"
+        os.makedirs(out)
+        (out / "images.csv").write_text("image\nold.jpg\n")
+        outputs[name] = out
+        calls[name] = ("demo/demo.py", [*args, "--output", out, *opts])
+    args, opts = build(C(), env)
+    outputs["output_is_a_file"] = env.root / "a_file.txt"
+    calls["output_is_a_file"] = (
+        "demo/demo.py",
+        [*args, "--output", env.root / "a_file.txt", *opts],
+    )
+    before = {name: tree_digest(out) for name, out in outputs.items()}
+    procs = run_tools(*calls.values())
+    return {name: (proc, outputs[name], before[name]) for name, proc in zip(calls, procs)}
+
+
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c["cli"]))
-def test_bad_input_cli(name, env, tmp_path):
-    args, opts = build(CASES[name], env)
-    names = CASES[name]["names"]
-    out = tmp_path / "out"
-    os.makedirs(out)
-    (out / "images.csv").write_text("image\nold.jpg\n")
-    before = tree_digest(out)
-    assert_user_error(run_tool("demo/demo.py", *args, "--output", out, *opts), *names)
+def test_bad_input_cli(name, env, cli_runs):
+    proc, out, before = cli_runs[name]
+    assert_user_error(proc, *CASES[name]["names"])
     assert tree_digest(out) == before
     assert not (env.root / "pwned").exists()
 
 
-def test_output_is_a_file(env):
-    target = env.root / "a_file.txt"
-    before = tree_digest(target)
-    args, opts = build(C(), env)
-    proc = run_tool("demo/demo.py", *args, "--output", target, *opts)
+def test_output_is_a_file(cli_runs):
+    proc, target, before = cli_runs["output_is_a_file"]
     assert_user_error(proc, "--output", "a_file.txt")
     assert tree_digest(target) == before
 
