@@ -4,8 +4,8 @@ traceback, writes nothing (the whole case folder hashes the same before and afte
 code from a checkpoint (a payload's marker file is never created).
 
 Most cases run in-process through ``run_cli`` (the command line's path without the interpreter
-start-up); the cases marked ``cli`` also run as a real subprocess. Every case fails before a
-model is built."""
+start-up); the cases marked ``cli`` run instead as real processes (started side by side).
+Every case fails before a model is built."""
 
 import contextlib
 import importlib.util
@@ -16,7 +16,7 @@ import types
 
 import pytest
 import torch
-from cli_utils import CodePayload, assert_user_error, run_tool, tree_digest
+from cli_utils import CodePayload, assert_user_error, run_tools, tree_digest
 from model_utils import TINY_CONFIG
 from test_mapper import write_tiny_panoptic_dataset
 
@@ -232,17 +232,36 @@ def _in_process(tool, args, extra_env):
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input(env, name):
-    case = CASES[name]
+def _filled(case, env):
+    """(arguments, environment, names) of a case with "{root}" and "{tiny}" filled in."""
     args = [_fill(a, env) for a in case["args"]]
     extra_env = {k: _fill(v, env) for k, v in case["env"].items()}
-    names = [_fill(n, env) for n in case["names"]]
-    before = tree_digest(str(env.root))
-    if case["cli"]:
+    return args, extra_env, [_fill(n, env) for n in case["names"]]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(env):
+    """The cases marked ``cli`` as real processes started side by side -> ({name:
+    CompletedProcess}, the digest of the case folder before they ran)."""
+    names = sorted(n for n, c in CASES.items() if c["cli"])
+    calls = []
+    for name in names:
+        args, extra_env, _ = _filled(CASES[name], env)
         extra_env.setdefault("DETECTRON2_DATASETS", env.data)
-        proc = run_tool(TOOLS[case["tool"]], *args, env=extra_env)
+        calls.append((TOOLS[CASES[name]["tool"]], args, extra_env))
+    before = tree_digest(str(env.root))
+    return dict(zip(names, run_tools(*calls))), before
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(env, name, request):
+    case = CASES[name]
+    args, extra_env, names = _filled(case, env)
+    if case["cli"]:
+        procs, before = request.getfixturevalue("cli_runs")
+        proc = procs[name]
     else:
+        before = tree_digest(str(env.root))
         proc = _in_process(case["tool"], args, extra_env)
     assert_user_error(proc, *names)
     output = proc.stdout + proc.stderr
