@@ -10,7 +10,10 @@ Writes OUTPUT/model.onnx (or model.ts), OUTPUT/config.yaml (the config used: the
 model's post-processing reads it) and OUTPUT/export.json (input convention, outputs, check).
 The model's input is ``image``: (B, 3, H, W) float32 pixels 0-255 in INPUT.FORMAT channel
 order, resized to the test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) but neither normalised nor
-padded: both happen in the graph. The panoptic / instance post-processing stays in Python
+padded: both happen in the graph. What is traced is a copy of the model with its batch norms
+folded into the convolutions and DETR's mask head computing the shared part of its first
+convolution once per image (``d2_detr.export.prepare_for_export``: same outputs up to float
+rounding, fewer ops). The panoptic / instance post-processing stays in Python
 (``d2_detr.export.ExportedDETR``, or ``demo/demo.py --onnx OUTPUT/model.onnx``).
 
 After exporting, the file is run (onnxruntime CPU / torch.jit) on the sample image and two crops
@@ -178,7 +181,11 @@ def main(argv=None):
         info = export_torchscript(model, path, image[None], cfg=cfg)
     atomic_write_text(os.path.join(args.output, "config.yaml"), cfg.dump())
     info["weights"] = os.path.abspath(cfg.MODEL.WEIGHTS)
-    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) and config.yaml")
+    print(
+        f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) and config.yaml; "
+        f"{info['folded_norms']} norms folded into convolutions, "
+        f"{info['split_mask_heads']} mask head(s) with the shared first convolution split"
+    )
     failed = False
     if not args.no_check:
         rows = check_exported(model, ExportedDETR(cfg, path), check_images(image))

@@ -8,8 +8,11 @@ A convolution is linear in its input channels (zero padding included), so
     lay1(cat(x, a_q)) = conv(x, W[:, :C]) + bias + conv(a_q, W[:, C:])
 
 and the first term is computed once per image instead of once per query: for DETR-R50 (C 256,
-M 8, 20 queries at 800x1066) about 20 of the model's ~224 GFLOP. Same result up to float
-rounding (the sum is taken in another order).
+M 8, 20 queries at 800x1066) about 20 of the model's ~224 GFLOP. Likewise each later layer
+``lay(up(y_q) + f)`` (``f`` the adapted backbone feature, the same for every query) becomes
+``lay(up(y_q)) + conv(f)``: ``f``'s convolution runs once, and the per-query sum is taken on the
+conv's output (half the channels of its input). Same result up to float rounding (sums taken
+in another order).
 """
 
 import torch.nn.functional as F
@@ -21,8 +24,9 @@ __all__ = ["SharedFeatureMaskHead", "split_mask_head_convs"]
 
 
 class SharedFeatureMaskHead(nn.Module):
-    """``head``'s computation (a :class:`MaskHeadSmallConv`) with ``lay1`` split as described in
-    the module; the same arguments and outputs as ``head.forward``."""
+    """``head``'s computation (a :class:`MaskHeadSmallConv`) with the per-image parts of its
+    convolutions computed once (see the module); the same arguments and outputs as
+    ``head.forward``."""
 
     def __init__(self, head):
         super().__init__()
@@ -47,9 +51,12 @@ class SharedFeatureMaskHead(nn.Module):
             (h.adapter3, h.lay5, h.gn5, fpns[2]),
         ):
             f = adapter(fpn)
-            y = F.interpolate(y, size=f.shape[-2:], mode="nearest")
+            # lay(up(y) + f) = lay(up(y)) + lay without bias(f): f's part once per image, added
+            # to the (narrower) conv output instead of the input
+            f = F.conv2d(f, lay.weight, None, lay.stride, lay.padding)
+            y = lay(F.interpolate(y, size=fpn.shape[-2:], mode="nearest"))
             y = (y.unflatten(0, (b, n)) + f[:, None]).flatten(0, 1)
-            y = F.relu(gn(lay(y)))
+            y = F.relu(gn(y))
         y = h.out_lay(y)
         return y.view(b, n, *y.shape[-2:])
 
