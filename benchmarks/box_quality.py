@@ -8,8 +8,9 @@ tight box with the ground-truth box.
     python -m benchmarks.box_quality --weights output/demo/train/model_final.pth \
         --data output/demo/data/synthetic_concrete --split val
 
-One inference pass (``MODEL.DETR.TEST.BOXES_FROM_MASKS False``, so the head's boxes are kept);
-the tight boxes are computed from the same predicted masks. Writes
+One inference pass with ``MODEL.DETR.TEST.BOXES_FROM_MASKS False`` and
+``COMPONENTS.ENABLED False``, so every instance is one query with the head's box; the tight
+boxes are computed from the same predicted masks. Writes
 ``output/benchmarks/box_quality.json``.
 """
 
@@ -131,7 +132,15 @@ def main(argv=None):
     d2_detr.add_detr_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(
-        ["MODEL.WEIGHTS", args.weights, "MODEL.DETR.TEST.BOXES_FROM_MASKS", "False"] + args.opts
+        [
+            "MODEL.WEIGHTS",
+            args.weights,
+            "MODEL.DETR.TEST.BOXES_FROM_MASKS",
+            "False",
+            "MODEL.DETR.TEST.COMPONENTS.ENABLED",
+            "False",
+        ]
+        + args.opts
     )
     model = DETRTrainer.build_model(cfg)
     DETRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -140,7 +149,7 @@ def main(argv=None):
     records = DatasetCatalog.get(name)
     thing_ids = set(MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id.values())
     head = COCOEvaluator(name, tasks=("bbox", "segm"), distributed=False, use_fast_impl=False)
-    tight = _MaskBoxes(COCOEvaluator(name, tasks=("bbox",), distributed=False))
+    tight = _MaskBoxes(COCOEvaluator(name, tasks=("bbox",), distributed=False, use_fast_impl=False))
     collect = _Collect()
     with torch.no_grad():
         for evaluator in (head, tight, collect):

@@ -91,7 +91,8 @@ def add_detr_config(cfg):
     # Panoptic thing segments split into 8-connected components, for datasets whose instances
     # are connected components (the concrete converter's): pixels of a class earlier in the
     # converter's class priority (the dataset metadata's ``class_priority``) connect the parts of
-    # a later one. See modeling/component_split.py. Off for COCO.
+    # a later one; the masks of the "instances" output are split the same way (each by its own
+    # pixels; a part's box is its tight box). See modeling/component_split.py. Off for COCO.
     cfg.MODEL.DETR.TEST.COMPONENTS = CN()
     cfg.MODEL.DETR.TEST.COMPONENTS.ENABLED = False
     # a part smaller than this fraction of the segment's largest part is not split off

@@ -1,12 +1,13 @@
 """Dataset policy for the concrete-defect datasets: a thing instance is a connected component of
 its class's mask (``datasets/prepare_concrete_defects.py`` converts that way). Splits the thing
-segments of a panoptic result accordingly (``MODEL.DETR.TEST.COMPONENTS``)."""
+segments of a panoptic result, and the masks of the instance output, accordingly
+(``MODEL.DETR.TEST.COMPONENTS``)."""
 
 import cv2
 import numpy as np
 import torch
 
-__all__ = ["split_into_components"]
+__all__ = ["split_into_components", "split_instance_masks"]
 
 
 def split_into_components(
@@ -55,17 +56,48 @@ def split_into_components(
             add(seg, own, seg["area"])
             continue
         connect = own | (pixel_rank < rank.get(seg["category_id"], 0))
-        n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
-        labels[~own] = 0
-        areas = np.bincount(labels.ravel(), minlength=n)
-        if n > 2 and min_part_fraction > 0:
-            # small parts (gaps in a thin mask) stay with the largest
-            largest = int(np.argmax(areas[1:])) + 1
-            small = areas < min_part_fraction * areas[largest]
-            small[0] = False
-            labels[small[labels]] = largest
-            areas = np.bincount(labels.ravel(), minlength=n)
-        for k in range(1, n):
-            if areas[k] > min_area:
-                add(seg, labels == k, areas[k])
+        for part in _parts(own, connect, min_area, min_part_fraction):
+            add(seg, part, part.sum())
     return torch.as_tensor(out, device=panoptic_seg.device), result
+
+
+def split_instance_masks(masks, min_area=4, min_part_fraction=0.0):
+    """
+    The same rule for the instance output, whose masks may overlap: each (H, W) mask is split
+    into its own 8-connected components (parts under ``min_part_fraction`` of its largest part
+    stay with it; parts of at most ``min_area`` pixels are dropped).
+
+    Args:
+        masks: (N, H, W) bool tensor.
+    Returns:
+        source: (M,) long tensor, the mask each part comes from (ascending);
+        parts: (M, H, W) bool tensor on the device of ``masks``.
+    """
+    source, parts = [], []
+    for i, mask in enumerate(masks.cpu().numpy()):
+        for part in _parts(mask, mask, min_area, min_part_fraction):
+            source.append(i)
+            parts.append(part)
+    h, w = masks.shape[-2:]
+    stacked = np.stack(parts) if parts else np.zeros((0, h, w), bool)
+    return (
+        torch.as_tensor(source, dtype=torch.long, device=masks.device),
+        torch.as_tensor(stacked, device=masks.device),
+    )
+
+
+def _parts(own, connect, min_area, min_part_fraction):
+    """The parts of the (H, W) bool mask ``own``: 8-connected components of ``connect`` (a
+    superset of ``own``) restricted to ``own``, small parts merged into the largest, parts of at
+    most ``min_area`` pixels dropped. Returns a list of (H, W) bool arrays."""
+    n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
+    labels[~own] = 0
+    areas = np.bincount(labels.ravel(), minlength=n)
+    if n > 2 and min_part_fraction > 0:
+        # small parts (gaps in a thin mask) stay with the largest
+        largest = int(np.argmax(areas[1:])) + 1
+        small = areas < min_part_fraction * areas[largest]
+        small[0] = False
+        labels[small[labels]] = largest
+        areas = np.bincount(labels.ravel(), minlength=n)
+    return [labels == k for k in range(1, n) if areas[k] > min_area]

@@ -6,20 +6,28 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from detectron2.structures import Boxes, Instances
 
-from .component_split import split_into_components
+from .component_split import split_instance_masks, split_into_components
 from .dataset_meta import class_priority, dataset_classes
 from .postprocess import (
     class_scores,
     detr_panoptic_inference,
     instance_inference,
+    mask_boxes,
     panoptic_inference,
     resize_mask_logits,
     select_panoptic_queries,
     semantic_inference,
 )
 
-__all__ = ["InferenceSettings", "queries_needing_masks", "image_outputs", "padded_canvas"]
+__all__ = [
+    "InferenceSettings",
+    "queries_needing_masks",
+    "image_outputs",
+    "instance_components",
+    "padded_canvas",
+]
 
 PANOPTIC_MERGES = ("detr", "maskformer")
 
@@ -111,6 +119,19 @@ def _thing_queries(logits, settings):
     return is_thing[labels].nonzero().flatten()
 
 
+def instance_components(instances, min_area=4, min_part_fraction=0.0):
+    """``instances`` (with ``pred_masks``) with every mask split into its connected components
+    (:func:`split_instance_masks`): a part keeps its query's score and class, and its box is the
+    part's tight box. Order (decreasing score) is kept."""
+    source, parts = split_instance_masks(instances.pred_masks, min_area, min_part_fraction)
+    out = Instances(instances.image_size)
+    out.scores = instances.scores[source]
+    out.pred_classes = instances.pred_classes[source]
+    out.pred_masks = parts
+    out.pred_boxes = Boxes(mask_boxes(parts, instances.pred_boxes.tensor[source]))
+    return out
+
+
 def image_outputs(
     logits, boxes, mask_logits, settings, canvas_size, image_size, output_size, query_index=None
 ):  # fmt: skip
@@ -187,7 +208,7 @@ def image_outputs(
             )
         result["panoptic_seg"] = panoptic
     if settings.instance_on:
-        result["instances"] = instance_inference(
+        instances = instance_inference(
             scores[thing_idx],
             labels[thing_idx],
             boxes[thing_idx],
@@ -195,6 +216,11 @@ def image_outputs(
             output_size,
             settings.boxes_from_masks,
         )
+        if settings.split_components:
+            instances = instance_components(
+                instances, settings.min_segment_area, settings.component_min_fraction
+            )
+        result["instances"] = instances
     if settings.semantic_on:
         result["sem_seg"] = semantic_inference(prob, masks[of(torch.arange(q))])
     return result
