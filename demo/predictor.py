@@ -5,6 +5,7 @@ folders never collide; a photo that cannot be read is skipped and listed as unre
 """
 
 import errno
+import fnmatch
 import glob
 import logging
 import os
@@ -106,6 +107,39 @@ def _walk_images(folder, exclude=()):
     return found, odd
 
 
+def _match_parts(parts, pattern):
+    """Path parts against pattern parts (fnmatch per part, case-sensitive; "**" = any number
+    of folders)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_match_parts(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return (
+        bool(parts)
+        and fnmatch.fnmatchcase(parts[0], pattern[0])
+        and _match_parts(parts[1:], pattern[1:])
+    )
+
+
+def _expand_glob(pattern, exclude=()):
+    """
+    Sorted matches of a glob pattern. A recursive pattern ("**") is matched against the image
+    files of :func:`_walk_images` below its folder part: Python's ``glob(recursive=True)``
+    follows linked folders without end (a link to a parent made a search run for minutes).
+    """
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    parts = pattern.split(os.sep)
+    k = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    root = os.sep.join(parts[:k]) or (os.sep if k else ".")
+    if not os.path.isdir(root):
+        return []
+    found, odd = _walk_images(root, exclude)
+    return sorted(
+        f for f in found + odd if _match_parts(os.path.relpath(f, root).split(os.sep), parts[k:])
+    )
+
+
 def _display_key(key):
     """A file name that is not valid UTF-8 (Python holds its bytes as surrogates) -> the same
     name with those bytes as ``\\xNN``: every report file is UTF-8."""
@@ -149,7 +183,7 @@ def collect_inputs(inputs, exclude=()):
         elif os.path.lexists(item):  # a file (or a dangling link: listed as unreadable)
             found, root = [item], os.path.dirname(item) or "."
         elif glob.has_magic(item):
-            found = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+            found = _expand_glob(os.path.expanduser(item), exclude)
             expanded = []
             for f in found:
                 if _inside(f, exclude):

@@ -196,6 +196,10 @@ def test_collect_inputs_field_layouts(tmp_path):
     assert bad not in keys
     # without the exclusion, the earlier run's overlay would be read as a photo
     assert "out/overlays/sub/a.JPG" in [k for _, k in collect_inputs([str(src)])]
+    # a recursive glob skips it too
+    pattern = str(src / "**" / "*.JPG")
+    keys = [k for _, k in collect_inputs([pattern], exclude=[str(src / "out" / "overlays")])]
+    assert "out/overlays/sub/a.JPG" not in keys and "sub/a.JPG" in keys
 
 
 # --- the demo end to end -----------------------------------------------------------------------
