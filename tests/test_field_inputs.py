@@ -441,6 +441,7 @@ def test_converter_sub_folders_and_case(tmp_path):
         {"site1/acrack.png": (5, 15, 5, 40), "site2/aspall.png": (20, 40, 10, 50),
          "img_7Crack.png": (30, 34, 5, 60)},
     )  # fmt: skip
+    os.symlink(raw / "images", raw / "images" / "site1" / "up")  # a loop: searched once
     summary = convert_concrete_dataset(raw, tmp_path / "out", val_fraction=0, workers=1,
                                        progress=False)  # fmt: skip
     assert summary["images"] == {"train": 3}
