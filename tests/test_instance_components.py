@@ -7,8 +7,7 @@ import d2_detr  # noqa: F401  (compat first)
 import torch
 from detectron2.structures import Boxes, Instances
 
-from d2_detr.modeling.component_split import split_instance_masks
-from d2_detr.modeling.inference import instance_components
+from d2_detr.modeling.component_split import instance_components, split_instance_masks
 
 
 def _instances(masks, scores, classes, boxes):

@@ -6,8 +6,11 @@ segments of a panoptic result, and the masks of the instance output, accordingly
 import cv2
 import numpy as np
 import torch
+from detectron2.structures import Boxes, Instances
 
-__all__ = ["split_into_components", "split_instance_masks"]
+from .postprocess import mask_boxes
+
+__all__ = ["instance_components", "split_into_components", "split_instance_masks"]
 
 
 def split_into_components(
@@ -84,6 +87,19 @@ def split_instance_masks(masks, min_area=4, min_part_fraction=0.0):
         torch.as_tensor(source, dtype=torch.long, device=masks.device),
         torch.as_tensor(stacked, device=masks.device),
     )
+
+
+def instance_components(instances, min_area=4, min_part_fraction=0.0):
+    """``instances`` (with ``pred_masks``) with every mask split into its connected components
+    (:func:`split_instance_masks`): a part keeps its query's score and class, and its box is the
+    part's tight box. Order (decreasing score) is kept."""
+    source, parts = split_instance_masks(instances.pred_masks, min_area, min_part_fraction)
+    out = Instances(instances.image_size)
+    out.scores = instances.scores[source]
+    out.pred_classes = instances.pred_classes[source]
+    out.pred_masks = parts
+    out.pred_boxes = Boxes(mask_boxes(parts, instances.pred_boxes.tensor[source]))
+    return out
 
 
 def _parts(own, connect, min_area, min_part_fraction):

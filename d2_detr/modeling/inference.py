@@ -6,15 +6,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from detectron2.structures import Boxes, Instances
 
-from .component_split import split_instance_masks, split_into_components
+from .component_split import instance_components, split_into_components
 from .dataset_meta import class_priority, dataset_classes
 from .postprocess import (
     class_scores,
     detr_panoptic_inference,
     instance_inference,
-    mask_boxes,
     panoptic_inference,
     resize_mask_logits,
     select_panoptic_queries,
@@ -25,7 +23,6 @@ __all__ = [
     "InferenceSettings",
     "queries_needing_masks",
     "image_outputs",
-    "instance_components",
     "padded_canvas",
 ]
 
@@ -117,19 +114,6 @@ def _thing_queries(logits, settings):
     is_thing = torch.zeros(settings.num_classes, dtype=torch.bool, device=logits.device)
     is_thing[sorted(settings.thing_ids)] = True
     return is_thing[labels].nonzero().flatten()
-
-
-def instance_components(instances, min_area=4, min_part_fraction=0.0):
-    """``instances`` (with ``pred_masks``) with every mask split into its connected components
-    (:func:`split_instance_masks`): a part keeps its query's score and class, and its box is the
-    part's tight box. Order (decreasing score) is kept."""
-    source, parts = split_instance_masks(instances.pred_masks, min_area, min_part_fraction)
-    out = Instances(instances.image_size)
-    out.scores = instances.scores[source]
-    out.pred_classes = instances.pred_classes[source]
-    out.pred_masks = parts
-    out.pred_boxes = Boxes(mask_boxes(parts, instances.pred_boxes.tensor[source]))
-    return out
 
 
 def image_outputs(
