@@ -22,13 +22,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import d2_detr  # noqa: F401  (compat first)
 
 # isort: split
 import pytest
 import torch
-from cli_utils import assert_user_error, run_tool
+from cli_utils import assert_user_error, run_tools
 from detectron2.engine import default_argument_parser
 from model_utils import SMALL_IMAGES, SMALL_MODEL, TINY_CONFIG
 from test_mapper import write_tiny_panoptic_dataset
@@ -72,6 +73,28 @@ def _run(cmd, data_root, **kwargs):
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def _run_side_by_side(cmds, data_root):
+    """Several commands at once (one uses a core while another imports or waits): each must
+    exit 0 (its output, kept in a temporary file, is shown if not)."""
+    procs = []
+    for cmd in cmds:
+        log = tempfile.TemporaryFile("w+")
+        procs.append((subprocess.Popen(
+            cmd, env=_env(data_root), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+        ), log))  # fmt: skip
+    try:
+        for proc, log in procs:
+            proc.wait(timeout=TIMEOUT)
+            log.seek(0)
+            assert proc.returncode == 0, log.read()[-4000:]
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
 
 
 def _free_port():
@@ -119,13 +142,16 @@ def one_and_two_processes(data_root, tmp_path_factory):
         "INPUT.RANDOM_FLIP", "none", "MODEL.DETR.NO_OBJECT_WEIGHT", "1.0",
         "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1000",
     ]  # fmt: skip
-    out = {}
-    for procs in (1, 2):
-        folder = str(tmp_path_factory.mktemp(f"procs{procs}"))
-        result = os.path.join(folder, "result.json")
+    folders, cmds = {}, []
+    for procs in (1, 2):  # started side by side
+        folders[procs] = str(tmp_path_factory.mktemp(f"procs{procs}"))
+        result = os.path.join(folders[procs], "result.json")
         cmd = [sys.executable, WORKER, "--procs", str(procs), "--out", result, "--echo-eval"]
-        _run(cmd + ["--config-file", TINY_CONFIG] + opts + ["OUTPUT_DIR", folder], data_root)
-        with open(result) as f:
+        cmds.append(cmd + ["--config-file", TINY_CONFIG] + opts + ["OUTPUT_DIR", folders[procs]])
+    _run_side_by_side(cmds, data_root)
+    out = {}
+    for procs, folder in folders.items():
+        with open(os.path.join(folder, "result.json")) as f:
             out[procs] = (json.load(f), folder)
     return out
 
@@ -178,17 +204,11 @@ def test_stage1_two_machines_resume_torchrun_stage2(data_root, tmp_path):
     stage1_opts = FAST + ["MODEL.DETR.MASK_ON", "False", "MODEL.DETR.TEST.PANOPTIC_ON", "False",
                           "OUTPUT_DIR", stage1]  # fmt: skip
     opts = stage1_opts + ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2"]
-    machines = [
-        subprocess.Popen(
-            [sys.executable, TRAIN_NET, *common, "--machine-rank", str(rank), *url, *opts],
-            env=_env(data_root), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    for m in machines:
-        log, _ = m.communicate(timeout=TIMEOUT)
-        assert m.returncode == 0, log[-4000:]
+    _run_side_by_side(
+        [[sys.executable, TRAIN_NET, *common, "--machine-rank", str(rank), *url, *opts]
+         for rank in (0, 1)],
+        data_root,
+    )  # fmt: skip
     _assert_written_once(stage1, 3)
     assert sorted(f for f in os.listdir(stage1) if f.endswith(".pth")) == [
         "model_0000001.pth",
@@ -285,11 +305,27 @@ def test_unreachable_dist_url_gives_up_after_the_timeout():
     assert "--connect-timeout" in message
 
 
-def test_bad_launch_argument_from_the_command_line(data_root):
-    """The user-error contract end to end: message, exit code 2, no traceback, no output."""
+@pytest.fixture(scope="module")
+def launch_errors(data_root):
+    """tools/train_net.py with --num-gpus 0, and as machine 0 of 2 with nobody joining, as real
+    processes started side by side -> (CompletedProcess of each, the url machine 0 waited on,
+    the OUTPUT_DIR that must not be written)."""
     out = os.path.join(data_root, "never_written")
-    proc = run_tool("tools/train_net.py", "--config-file", TINY_CONFIG, "--num-gpus", "0",
-                    "OUTPUT_DIR", out, env={"DETECTRON2_DATASETS": data_root})  # fmt: skip
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    env = {"DETECTRON2_DATASETS": data_root}
+    no_process, machine_0 = run_tools(
+        ("tools/train_net.py", ["--config-file", TINY_CONFIG, "--num-gpus", "0",
+                                "OUTPUT_DIR", out], env),
+        ("tools/train_net.py", ["--config-file", TINY_CONFIG, "--num-machines", "2",
+                                "--machine-rank", "0", "--dist-url", url, "--connect-timeout", "2"],
+         env),
+    )  # fmt: skip
+    return no_process, machine_0, url, out
+
+
+def test_bad_launch_argument_from_the_command_line(launch_errors):
+    """The user-error contract end to end: message, exit code 2, no traceback, no output."""
+    proc, _, _, out = launch_errors
     assert_user_error(proc, "--num-gpus 0")
     assert not os.path.exists(out)
 
@@ -314,10 +350,7 @@ def test_cpu_threads_split_between_local_processes(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_machine_0_alone_gives_up_after_the_timeout(data_root):
+def test_machine_0_alone_gives_up_after_the_timeout(launch_errors):
     """--num-machines 2 started on one machine only: exit 2 after --connect-timeout, no hang."""
-    url = f"tcp://127.0.0.1:{_free_port()}"
-    proc = run_tool("tools/train_net.py", "--config-file", TINY_CONFIG, "--num-machines", "2",
-                    "--machine-rank", "0", "--dist-url", url, "--connect-timeout", "2",
-                    env={"DETECTRON2_DATASETS": data_root})  # fmt: skip
+    _, proc, url, _ = launch_errors
     assert_user_error(proc, url, "not all 2 processes joined within 2 s", "--connect-timeout")

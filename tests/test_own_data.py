@@ -29,17 +29,23 @@ def run(args, **kwargs):
     return proc.stdout
 
 
-def test_own_images_with_masks_then_coco_panoptic(tmp_path):
+def script(data_cli, name, *args):
+    """``datasets/<name>.py args`` through its ``main(argv)`` in this process (the command line
+    without the interpreter start-up; the scripts run as processes in the bad-input tests)."""
+    assert data_cli(name).main([str(a) for a in args]) == 0
+
+
+def test_own_images_with_masks_then_coco_panoptic(tmp_path, data_cli):
     # 1. your images and one grey mask per defect class: RAW/images/<stem>.jpg,
     #    RAW/masks/<stem><class>.png (here drawn by the synthetic generator)
     raw = tmp_path / "raw"
-    run(["datasets/make_synthetic_concrete.py", "--out", str(raw), "--num", "6", "--width", "96",
-         "--height", "64", "--seed", "5"])  # fmt: skip
+    script(data_cli, "make_synthetic_concrete", "--out", raw, "--num", "6", "--width", "96",
+           "--height", "64", "--seed", "5")  # fmt: skip
     # 2. convert into $DETECTRON2_DATASETS/concrete_defects (registered by name on import)
     d2_root = tmp_path / "d2datasets"
     dataset = d2_root / "concrete_defects"
-    run(["datasets/prepare_concrete_defects.py", "--raw", str(raw), "--out", str(dataset),
-         "--val-fraction", "0.34", "--no-progress"])  # fmt: skip
+    script(data_cli, "prepare_concrete_defects", "--raw", raw, "--out", dataset,
+           "--val-fraction", "0.34", "--no-progress")  # fmt: skip
     assert (dataset / "annotations" / "panoptic_val.json").is_file()
 
     # 3. train and evaluate with tools/train_net.py on the registered names
