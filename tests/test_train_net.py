@@ -6,6 +6,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from unittest import mock
 
@@ -109,26 +110,49 @@ def test_resume_after_two_kills_is_bit_identical_then_eval_only(data_root, tmp_p
     common = ["SEED", "7", "SOLVER.MAX_ITER", "14", "SOLVER.CHECKPOINT_PERIOD", "2",
               "MODEL.DETR.DROPOUT", "0.1", "INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)"]  # fmt: skip
     ref, out = str(tmp_path / "ref"), str(tmp_path / "run")
-    done = train_net(["OUTPUT_DIR", ref] + common, data_root, stdout=subprocess.PIPE,
+    # the uninterrupted run, side by side with the interrupted ones (one thread each)
+    ref_log = tempfile.TemporaryFile("w+")
+    done = train_net(["OUTPUT_DIR", ref] + common, data_root, stdout=ref_log,
                      stderr=subprocess.STDOUT)  # fmt: skip
-    log, _ = done.communicate(timeout=900)
-    assert done.returncode == 0, log[-3000:]
-
-    _run_until_killed(["OUTPUT_DIR", out] + common, data_root, at_least=3, extra_wait=0.0)
-    first = _iteration(last_checkpoint(out))
-    ckpt = torch.load(os.path.join(out, last_checkpoint(out)), map_location="cpu",
-                      weights_only=True)  # fmt: skip
-    assert ckpt["iteration"] == first and ckpt["trainer"]["seed"] == 7
-    assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # AdamW moments saved
-    assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == first + 1
-    _run_until_killed(
-        ["--resume", "OUTPUT_DIR", out] + common, data_root, at_least=first + 4, extra_wait=0.15
-    )
+    try:
+        _run_until_killed(["OUTPUT_DIR", out] + common, data_root, at_least=3, extra_wait=0.0)
+        first = _iteration(last_checkpoint(out))
+        ckpt = torch.load(os.path.join(out, last_checkpoint(out)), map_location="cpu",
+                          weights_only=True)  # fmt: skip
+        assert ckpt["iteration"] == first and ckpt["trainer"]["seed"] == 7
+        assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # AdamW moments saved
+        assert ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == first + 1
+        _run_until_killed(
+            ["--resume", "OUTPUT_DIR", out] + common, data_root, at_least=first + 4, extra_wait=0.15
+        )
+        done.wait(timeout=900)
+    finally:
+        if done.poll() is None:
+            done.kill()
+            done.wait()
+    ref_log.seek(0)
+    assert done.returncode == 0, ref_log.read()[-3000:]
+    ref_log.close()
     second = _iteration(last_checkpoint(out))
     assert second > first
-    resumed = train_net(["--resume", "OUTPUT_DIR", out] + common, data_root,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    log, _ = resumed.communicate(timeout=900)
+    # eval-only on the uninterrupted run's weights (bit-identical to the resumed run's, checked
+    # below), side by side with the resumed run
+    eval_log = tempfile.TemporaryFile("w+")
+    evaluated = train_net(
+        ["--eval-only", "MODEL.WEIGHTS", os.path.join(ref, "model_final.pth"),
+         "OUTPUT_DIR", str(tmp_path / "eval"), "DATASETS.TEST",
+         "('synthetic_concrete_val_panoptic',)"],
+        data_root, stdout=eval_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        resumed = train_net(["--resume", "OUTPUT_DIR", out] + common, data_root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        log, _ = resumed.communicate(timeout=900)
+        evaluated.wait(timeout=300)
+    finally:
+        if evaluated.poll() is None:
+            evaluated.kill()
+            evaluated.wait()
     assert resumed.returncode == 0, log[-3000:]
     assert f"Starting training from iteration {second + 1}" in log
     assert last_checkpoint(out) == "model_final.pth"
@@ -142,15 +166,9 @@ def test_resume_after_two_kills_is_bit_identical_then_eval_only(data_root, tmp_p
     first_ckpt = _weights(os.path.join(ref, "model_0000001.pth"))
     assert any(not torch.equal(first_ckpt[k], got[k]) for k in got)
 
-    evaluated = train_net(
-        ["--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
-         "OUTPUT_DIR", str(tmp_path / "eval"), "DATASETS.TEST",
-         "('synthetic_concrete_val_panoptic',)"],
-        data_root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log, _ = evaluated.communicate(timeout=300)
+    eval_log.seek(0)
+    log = eval_log.read()
+    eval_log.close()
     assert evaluated.returncode == 0, log[-3000:]
     assert "Panoptic quality:" in log
     assert "synthetic_concrete_val_panoptic: PQ " in log
