@@ -41,7 +41,7 @@ lint: install
 	$(VENV)/bin/flake8 $(LINT_PATHS)
 
 pytest: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=25
 
 test: lint pytest
 
