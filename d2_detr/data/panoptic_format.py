@@ -10,7 +10,6 @@ so sizes measured here are the sizes a Detectron2 data loader sees.
 """
 
 import json
-import os
 import struct
 import zlib
 
