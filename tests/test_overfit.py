@@ -3,14 +3,13 @@ within 1200 iterations (the README's overfit curve passes 70 at about 250; no ti
 fast is for benchmarks/convergence.py --overfit)."""
 
 import os
-import subprocess
-import sys
 
 import d2_detr  # noqa: F401  (compat first)
 
 # isort: split
 from detectron2.config import get_cfg
 
+from d2_detr.data.conversion import convert_concrete_dataset
 from d2_detr.data.datasets import register_concrete_defects
 from d2_detr.engine import DETRTrainer, TimeBudget
 
@@ -18,14 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
 
 
-def test_overfit_two_real_images(tmp_path):
+def test_overfit_two_real_images(tmp_path, data_sample_raw):
     data = tmp_path / "real"
-    subprocess.run(
-        [sys.executable, "datasets/prepare_concrete_defects.py", "--raw",
-         "datasets/concrete_defects_sample", "--out", str(data), "--val-fraction", "0",
-         "--no-progress"],
-        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    convert_concrete_dataset(
+        data_sample_raw, str(data), val_fraction=0.0, workers=1, progress=False
+    )
     register_concrete_defects(str(data), name_prefix="overfit_real", splits=("train",))
     cfg = get_cfg()
     d2_detr.add_detr_config(cfg)
