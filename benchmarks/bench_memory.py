@@ -1,7 +1,7 @@
 """Peak memory (RSS) of training (batch 2 at 800x1066), of inference (one 800x1066 image) with
 the R50 model, and of the demo (``demo/demo.py``: read, predict, overlay, report) on one
-6000x4000 photo with the tiny config, tiled (``--tile 1024 --tile-overlap 128``) and not
-(``--tile 0``).
+6000x4000 photo with the tiny config, tiled (the default: tiles of the test size; and
+``--tile 1024``) and not (``--tile 0``).
 
 Each case runs in a fresh subprocess so that one case's peak does not hide another's.
 
@@ -29,7 +29,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TARGET_TRAIN_GIB = 6.0
 TARGET_DEMO_GIB = 2.0
-DEMO_CASES = {"demo_tiled": "1024", "demo_untiled": "0"}
+# demo case -> its tiling arguments (default: tiles of the model's test size)
+DEMO_CASES = {
+    "demo_tiled": [],
+    "demo_tiled_1024": ["--tile", "1024"],
+    "demo_untiled": ["--tile", "0"],
+}
 TINY = "configs/ConcreteDefects/detr_tiny_cpu.yaml"
 
 
@@ -111,7 +116,7 @@ def run_demo_case(case, folder):
     photo, weights = demo_inputs(folder)
     args = demo_cli.get_parser().parse_args(
         ["--config-file", os.path.join(REPO, TINY), "--input", photo, "--output", folder,
-         "--tile", DEMO_CASES[case], "--confidence-threshold", "0", "--no-progress",
+         *DEMO_CASES[case], "--confidence-threshold", "0", "--no-progress",
          "MODEL.WEIGHTS", weights]
     )  # fmt: skip
     cfg = demo_cli.setup_cfg(args)
@@ -176,7 +181,8 @@ def main():
     gib = lambda mib: "-" if mib is None else f"{mib / 1024:.2f}"  # noqa: E731
     for case, r in results.items():
         if case in DEMO_CASES:
-            what = f"demo tiny, {r['photo']} photo, --tile {DEMO_CASES[case]}"
+            tiling = " ".join(DEMO_CASES[case]) or "default tiles"
+            what = f"demo tiny, {r['photo']} photo, {tiling}"
             base, first = r["before_demo_mib"], r["peak_predict_overlay_mib"]
         else:
             what = f"R50 {case} ({'batch 2' if case == 'train' else 'batch 1'}, "

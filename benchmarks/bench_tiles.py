@@ -13,7 +13,8 @@ vs the whole photo resized to the model's test size.
    ``--train-images`` 320x320 crops drawn the same way (1-3 px cracks, i.e. the scale a
    400 px tile keeps), converted with ``datasets/prepare_concrete_defects.py``.
 3. Runs the demo's predictor on the photo: whole (resized to the test size, ``--tile 0``) and
-   tiled (``--tile 1024/400``, overlap 128/64); a ground-truth crack pixel counts as found when
+   tiled (``--tile 1024/400`` with overlap 128/64, and the default: tiles of the test size); a
+   ground-truth crack pixel counts as found when
    a predicted crack pixel lies within ``--tolerance`` px (2), a crack instance when at least half
    its pixels are found; precision is the same with the roles swapped.
 
@@ -39,7 +40,7 @@ sys.path.insert(0, os.path.join(ROOT, "demo"))
 from predictor import ModelPredictor, output_metadata  # noqa: E402
 
 from benchmarks.common import OUTPUT_DIR, markdown_table, write_result  # noqa: E402
-from d2_detr.inspection.tiling import tiled_panoptic  # noqa: E402
+from d2_detr.inspection.tiling import resolve_tiling, tiled_panoptic  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
 
@@ -169,11 +170,14 @@ def main():
     crack = list(output_metadata(cfg).stuff_classes).index("crack")
     results = {"weights": source, "photo": "4000x3000", "tolerance_px": args.tolerance}
     rows = []
+    auto_tile, auto_overlap = resolve_tiling(cfg.INPUT.MIN_SIZE_TEST)
     for name, tile, overlap in [
         ("whole photo resized to the test size (--tile 0)", 0, 0),
-        ("tiles 1024, overlap 128 (default)", 1024, 128),
+        ("tiles 1024, overlap 128 (the first default)", 1024, 128),
         ("tiles 400, overlap 64", 400, 64),
-    ]:
+        (f"tiles {auto_tile}, overlap {auto_overlap} (default: the test size)", auto_tile,
+         auto_overlap),
+    ]:  # fmt: skip
         start = time.time()
         if tile:
             labels, info = tiled_panoptic(predictor, photo, tile, overlap, predictor.min_area)

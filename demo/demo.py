@@ -22,11 +22,13 @@ on some photo (status "error", the others are processed); 2 for bad arguments, o
 can be read (nothing is written); 130 on Ctrl-C (every file written so far is complete: all are
 written atomically; the report is not written).
 
-Large photos run on overlapping tiles at native resolution (``--tile 1024 --tile-overlap 128``)
-when their longest side exceeds both one tile and twice INPUT.MAX_SIZE_TEST (``--tile-above``;
-800 px for the tiny config): resized whole, they would shrink by more than 2x and 1-3 px cracks
-would fall below a pixel at the model's input. ``--tile 0``: never tiled (masks are computed at
-most 2048 px on the longest side, then the label map is upsampled to the photo's size).
+Large photos run on overlapping tiles at native resolution when their longest side exceeds both
+one tile and twice INPUT.MAX_SIZE_TEST (``--tile-above``; 800 px for the tiny config): resized
+whole, they would shrink by more than 2x and 1-3 px cracks would fall below a pixel at the
+model's input. Tiles are squares of the model's test size (INPUT.MIN_SIZE_TEST: 320 px for the
+tiny config), overlapping by an eighth, unless ``--tile`` / ``--tile-overlap`` say otherwise.
+``--tile 0``: never tiled (masks are computed at most 2048 px on the longest side, then the label
+map is upsampled to the photo's size).
 """
 
 import argparse
@@ -52,7 +54,7 @@ from predictor import (  # noqa: E402
 
 from d2_detr.engine.setup import check_config_file  # noqa: E402
 from d2_detr.inspection import load_severity  # noqa: E402
-from d2_detr.inspection.tiling import validate_tiling  # noqa: E402
+from d2_detr.inspection.tiling import resolve_tiling, validate_tiling  # noqa: E402
 from d2_detr.utils.cli import UserError, closest_names, debug_enabled, run_cli  # noqa: E402
 
 
@@ -98,9 +100,14 @@ def get_parser():
     parser.add_argument("--mm-per-pixel", type=float, default=None, help="scale of the photos")
     parser.add_argument("--severity", metavar="FILE.yaml", help="severity thresholds")
     parser.add_argument(
-        "--tile", type=int, default=1024, help="tile side in px for large photos (0: no tiling)"
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side in px for large photos (default: INPUT.MIN_SIZE_TEST; 0: no tiling)",
     )
-    parser.add_argument("--tile-overlap", type=int, default=128, help="tile overlap in px")
+    parser.add_argument(
+        "--tile-overlap", type=int, default=None, help="tile overlap in px (default: tile / 8)"
+    )
     parser.add_argument(
         "--tile-above",
         type=int,
@@ -146,7 +153,11 @@ def validate_args(args):
             "the photo's scale in millimetres per pixel, e.g. 0.1; leave it out for pixels",
         )
     try:
-        validate_tiling(args.tile, args.tile_overlap)
+        # the default tile depends on the config: the rest is checked when the demo is built
+        validate_tiling(
+            0 if args.tile is None else args.tile,
+            0 if args.tile_overlap is None else args.tile_overlap,
+        )
     except ValueError as e:
         raise UserError(str(e), "e.g. --tile 1024 --tile-overlap 128, or --tile 0") from None
     if args.tile_above is not None and args.tile_above < 0:
@@ -247,6 +258,10 @@ def main(argv=None):
     # this run's overlays are never inputs (an --output inside an --input folder, run twice)
     photos = collect_inputs(args.input, exclude=[os.path.join(args.output, "overlays")])
     output_metadata(cfg)  # the class names must be known before the model is built
+    try:
+        resolve_tiling(cfg.INPUT.MIN_SIZE_TEST, args.tile, args.tile_overlap)
+    except ValueError as e:
+        raise UserError(f"{e} (the default tile is INPUT.MIN_SIZE_TEST)", "e.g. --tile 0") from None
     demo = PanopticDemo(
         cfg,
         weights=cfg.MODEL.WEIGHTS or None,

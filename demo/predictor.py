@@ -25,7 +25,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from d2_detr.inspection import DefectReport
-from d2_detr.inspection.tiling import tiled_panoptic, upsample_labels
+from d2_detr.inspection.tiling import resolve_tiling, tiled_panoptic, upsample_labels
 from d2_detr.utils.cli import UserError
 from d2_detr.utils.io import atomic_write_bytes
 
@@ -441,8 +441,8 @@ class PanopticDemo:
         self,
         cfg,
         weights=None,
-        tile=1024,
-        tile_overlap=128,
+        tile=None,
+        tile_overlap=None,
         tile_above=None,
         overlay_max_side=2048,
         progress=True,
@@ -453,7 +453,8 @@ class PanopticDemo:
     ):
         """``mm_per_pixel``, ``severity`` (YAML path or None: defaults): see
         :class:`d2_detr.inspection.DefectReport`; ``exported``: see :class:`ModelPredictor`;
-        ``max_megapixels``: see :func:`read_photo`."""
+        ``max_megapixels``: see :func:`read_photo`; ``tile``, ``tile_overlap`` None: tiles of
+        the model's test size (:func:`resolve_tiling`; ValueError when they do not fit)."""
         self.cfg = cfg
         self.predictor = ModelPredictor(cfg, weights, exported)
         self.metadata = output_metadata(cfg)
@@ -464,7 +465,8 @@ class PanopticDemo:
             mm_per_pixel=mm_per_pixel,
             severity=severity,
         )
-        self.tile, self.tile_overlap, self.tile_above = tile, tile_overlap, tile_above
+        self.tile, self.tile_overlap = resolve_tiling(cfg.INPUT.MIN_SIZE_TEST, tile, tile_overlap)
+        self.tile_above = tile_above
         self.overlay_max_side = overlay_max_side
         self.progress = progress
         self.max_megapixels = max_megapixels

@@ -52,6 +52,9 @@ CASES = {
     "tile_below_overlap": C(["--tile", "64", "--tile-overlap", "128"], names=["--tile-overlap"]),
     "tile_negative": C(["--tile", "-1"], names=["--tile"]),
     "overlap_negative": C(["--tile-overlap", "-8"], names=["--tile-overlap"]),
+    "overlap_above_default_tile": C(
+        ["--tile-overlap", "5000"], names=["--tile-overlap", "MIN_SIZE_TEST"]
+    ),
     "glob_matches_nothing": C(inputs="{root}/photos/*.tiff", names=["*.tiff"]),
     "input_missing": C(inputs="{root}/nowhere", names=["nowhere"]),
     "input_folder_without_images": C(inputs="{root}/empty_folder", names=["empty_folder"]),

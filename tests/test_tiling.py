@@ -7,6 +7,7 @@ from scipy import ndimage
 from d2_detr.inspection.tiling import (
     merge_across_seams,
     owned_regions,
+    resolve_tiling,
     tile_grid,
     tiled_panoptic,
     upsample_labels,
@@ -60,6 +61,16 @@ def test_owned_region_is_nearest_centre():
         dy = np.abs(centres[:, 0] - (y + 0.5))
         dx = np.abs(centres[:, 1] - (x + 0.5))
         assert dy[owner] <= dy.min() + 0.5 and dx[owner] <= dx.min() + 0.5
+
+
+def test_resolve_tiling_defaults_to_the_model_test_size():
+    assert resolve_tiling(320) == (320, 40)  # tiles the test resize leaves unscaled
+    assert resolve_tiling(800, overlap=64) == (800, 64)
+    assert resolve_tiling(320, tile=1024) == (1024, 128)
+    assert resolve_tiling(320, tile=0) == (0, 0)  # off
+    assert resolve_tiling(0) == (1024, 128)  # a config without a test resize
+    with pytest.raises(ValueError, match="--tile-overlap 400"):
+        resolve_tiling(320, overlap=400)
 
 
 @pytest.mark.parametrize("tile, overlap", [(-1, 0), (100, 100), (100, 150), (100, -5)])
