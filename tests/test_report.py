@@ -150,3 +150,22 @@ def test_large_and_missing_segment_ids():
     rows = defects_from_panoptic("x.png", pan, infos, CLASSES)
     assert [(r["defect_id"], r["area_px"]) for r in rows] == [(9, 84), (3, 50)]
     assert rows[1]["bbox_y0"] == 20 and rows[1]["length_px"] == pytest.approx(10, abs=0.5)
+
+
+def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path):
+    report = DefectReport(CLASSES, defect_classes=CLASSES[:3])
+    pan, infos = _image_a()
+    report.add('=HYPERLINK("http://x","y").jpg', pan, infos)
+    report.add("@sum.jpg", np.full((4, 4), 7), [{"id": 7, "category_id": 3, "isthing": False}])
+    paths = report.write(str(tmp_path))
+    with open(paths["defects_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["image"] for r in rows} == {'\'=HYPERLINK("http://x","y").jpg'}
+    assert [r["area_px"] for r in rows] == ["20", "9"]  # numbers untouched
+    with open(paths["images_csv"]) as f:
+        images = [r["image"] for r in csv.DictReader(f)]
+    assert images == ['\'=HYPERLINK("http://x","y").jpg', "'@sum.jpg"]
+    # the JSON keeps the real names
+    with open(paths["json"]) as f:
+        names = [im["image"] for im in json.load(f)["images"]]
+    assert names == ['=HYPERLINK("http://x","y").jpg', "@sum.jpg"]

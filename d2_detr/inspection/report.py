@@ -145,6 +145,19 @@ def defects_from_panoptic(
     return rows
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(row):
+    """A CSV row whose text cells cannot run as spreadsheet formulas: text starting with
+    ``= + - @`` (or a tab / carriage return), e.g. a photo named ``=HYPERLINK(...).jpg``, gets a
+    leading ``'`` (OWASP's CSV-injection rule); numbers are left as they are."""
+    return {
+        k: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+        for k, v in row.items()
+    }
+
+
 class DefectReport:
     """
     Accumulates defects image by image (see the module docstring for the API); ``write(folder)``
@@ -305,13 +318,13 @@ class DefectReport:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=DEFECT_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(self.defects)
+        writer.writerows(map(spreadsheet_safe, self.defects))
         atomic_write_text(paths["defects_csv"], out.getvalue(), newline="")
         out = io.StringIO()
         fields = IMAGE_FIELDS_HEAD + [f"num_{c}" for c in self.defect_classes] + IMAGE_FIELDS_TAIL
         writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(self.image_rows())
+        writer.writerows(map(spreadsheet_safe, self.image_rows()))
         atomic_write_text(paths["images_csv"], out.getvalue(), newline="")
         atomic_write_json(paths["json"], self.to_json(), indent=2)
         write_html_report(self, paths["html"])
