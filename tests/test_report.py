@@ -41,12 +41,17 @@ def test_rows_have_area_percent_bbox_score():
     assert with_stuff[-1]["class"] == "background" and with_stuff[-1]["area_px"] == 200 - 29 - 1
 
 
-def test_report_files(tmp_path):
+def _two_images_written(folder, first="a.jpg", second="b.jpg"):
+    """Report of image A (2 defects) and a defect-free image, written to ``folder``."""
     report = DefectReport(CLASSES, defect_classes=CLASSES[:3])
     pan, infos = _image_a()
-    report.add("a.jpg", pan, infos)
-    report.add("b.jpg", np.full((4, 4), 7), [{"id": 7, "category_id": 3, "isthing": False}])
-    paths = report.write(str(tmp_path))
+    report.add(first, pan, infos)
+    report.add(second, np.full((4, 4), 7), [{"id": 7, "category_id": 3, "isthing": False}])
+    return report, report.write(str(folder))
+
+
+def test_report_files(tmp_path):
+    report, paths = _two_images_written(tmp_path)
 
     with open(paths["defects_csv"]) as f:
         rows = list(csv.DictReader(f))
@@ -153,11 +158,7 @@ def test_large_and_missing_segment_ids():
 
 
 def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path):
-    report = DefectReport(CLASSES, defect_classes=CLASSES[:3])
-    pan, infos = _image_a()
-    report.add('=HYPERLINK("http://x","y").jpg', pan, infos)
-    report.add("@sum.jpg", np.full((4, 4), 7), [{"id": 7, "category_id": 3, "isthing": False}])
-    paths = report.write(str(tmp_path))
+    _, paths = _two_images_written(tmp_path, '=HYPERLINK("http://x","y").jpg', "@sum.jpg")
     with open(paths["defects_csv"]) as f:
         rows = list(csv.DictReader(f))
     assert {r["image"] for r in rows} == {'\'=HYPERLINK("http://x","y").jpg'}
