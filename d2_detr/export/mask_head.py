@@ -45,11 +45,7 @@ class SharedFeatureMaskHead(nn.Module):
         y = own.unflatten(0, (b, n)) + shared[:, None]
         y = F.relu(h.gn1(y.flatten(0, 1)))
         y = F.relu(h.gn2(h.lay2(y)))
-        for adapter, lay, gn, fpn in (
-            (h.adapter1, h.lay3, h.gn3, fpns[0]),
-            (h.adapter2, h.lay4, h.gn4, fpns[1]),
-            (h.adapter3, h.lay5, h.gn5, fpns[2]),
-        ):
+        for adapter, lay, gn, fpn in h.fpn_stages(fpns):
             f = adapter(fpn)
             # lay(up(y) + f) = lay(up(y)) + lay without bias(f): f's part once per image, added
             # to the (narrower) conv output instead of the input

@@ -89,6 +89,15 @@ class MaskHeadSmallConv(nn.Module):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.zeros_(m.bias)
 
+    def fpn_stages(self, fpns):
+        """(adapter, conv, norm, feature) of the three upsampling stages, coarse to fine."""
+        return zip(
+            (self.adapter1, self.adapter2, self.adapter3),
+            (self.lay3, self.lay4, self.lay5),
+            (self.gn3, self.gn4, self.gn5),
+            fpns,
+        )
+
     def forward(self, x, attn, fpns):
         """
         Args:
@@ -106,11 +115,7 @@ class MaskHeadSmallConv(nn.Module):
         x = torch.cat([per_query(x), attn.flatten(0, 1)], 1)
         x = F.relu(self.gn1(self.lay1(x)))
         x = F.relu(self.gn2(self.lay2(x)))
-        for adapter, lay, gn, fpn in (
-            (self.adapter1, self.lay3, self.gn3, fpns[0]),
-            (self.adapter2, self.lay4, self.gn4, fpns[1]),
-            (self.adapter3, self.lay5, self.gn5, fpns[2]),
-        ):
+        for adapter, lay, gn, fpn in self.fpn_stages(fpns):
             f = adapter(fpn)
             x = per_query(f) + F.interpolate(x, size=f.shape[-2:], mode="nearest")
             x = F.relu(gn(lay(x)))
