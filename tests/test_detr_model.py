@@ -284,7 +284,13 @@ def test_forward_raw_then_postprocessing_equals_inference(merge):
 
 
 def test_boxes_from_masks():
-    opts = ("MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD", "0.2")
+    # one instance per query (the component split gives every part its tight box anyway)
+    opts = (
+        "MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD",
+        "0.2",
+        "MODEL.DETR.TEST.COMPONENTS.ENABLED",
+        "False",
+    )
     plain = _build(*opts, "MODEL.DETR.TEST.BOXES_FROM_MASKS", "False").eval()
     tight = _build(*opts, "MODEL.DETR.TEST.BOXES_FROM_MASKS", "True").eval()
     with torch.no_grad():
