@@ -138,3 +138,16 @@ def write_result(name, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     return path
+
+
+def finish_pq_plot(fig, ax, name, target, xlabel, ylabel, legend_size=None):
+    """Target line, axis labels, grid and legend on a PQ curve; saves the figure as
+    ``output/benchmarks/<name>.png`` and returns that path."""
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    png = os.path.join(OUTPUT_DIR, f"{name}.png")
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    return png

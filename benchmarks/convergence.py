@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import OUTPUT_DIR, write_result  # noqa: E402
+from benchmarks.common import OUTPUT_DIR, finish_pq_plot, write_result  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
 
@@ -137,13 +137,8 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in ("PQ", "PQ_th", "PQ_st"):
         ax.plot([p["minutes"] for p in curve], [p[key] for p in curve], marker="o", label=key)
-    ax.axhline(70, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("training minutes (CPU)")
-    ax.set_ylabel("PQ on the 2 training images" if args.overfit else "PQ on synthetic val")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    png = os.path.join(OUTPUT_DIR, f"{name}.png")
-    fig.savefig(png, dpi=100, bbox_inches="tight")
+    ylabel = "PQ on the 2 training images" if args.overfit else "PQ on synthetic val"
+    png = finish_pq_plot(fig, ax, name, 70, "training minutes (CPU)", ylabel)
     print("minutes  iter    PQ   PQ_th  PQ_st")
     for p in curve:
         print(

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import OUTPUT_DIR, write_result  # noqa: E402
+from benchmarks.common import OUTPUT_DIR, finish_pq_plot, write_result  # noqa: E402
 from benchmarks.convergence import CONFIG, make_data, make_overfit_data  # noqa: E402
 
 KEYS = ("PQ", "PQ_th", "PQ_st")
@@ -138,13 +138,8 @@ def main(argv=None):
                 label=f"{'EMA' if which == 'ema' else 'training weights'}, "
                 f"{'synthetic val' if split == 'val' else '2 real photos'}",
             )  # fmt: skip
-    ax.axhline(80, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("training iterations (batch 2)" if by_iter else "training minutes (CPU)")
-    ax.set_ylabel("PQ")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    png = os.path.join(OUTPUT_DIR, f"{args.name}.png")
-    fig.savefig(png, dpi=100, bbox_inches="tight")
+    xlabel = "training iterations (batch 2)" if by_iter else "training minutes (CPU)"
+    png = finish_pq_plot(fig, ax, args.name, 80, xlabel, "PQ", legend_size=8)
     print("minutes  iter   val raw  val EMA  real raw  real EMA")
     for p in curve:
         print(
