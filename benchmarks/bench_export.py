@@ -24,7 +24,6 @@ mask head layer) and the fused ops of the optimised graph; torch.profiler for Py
     python -m benchmarks.bench_export [--runs 3] [--threads N] [--quantize]
 """
 
-import argparse
 import collections
 import json
 import os
@@ -35,9 +34,11 @@ import torch
 from benchmarks.bench_inference import count_flops
 from benchmarks.common import (
     build_peer,
+    image_timing_parser,
     interleaved_timing,
     markdown_table,
     measure_gemm_flops,
+    set_threads,
     write_result,
 )
 from benchmarks.models import R50_CONFIG, TINY_CONFIG, build_ours
@@ -122,17 +123,12 @@ def load_avg():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="threads (0: torch's default)")
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1066)
+    parser = image_timing_parser(__doc__.splitlines()[0], 3, "threads (0: torch's default)")
     parser.add_argument(
         "--quantize", action="store_true", help="also int8 dynamic quantization (onnxruntime)"
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     threads = torch.get_num_threads()
     load_start = load_avg()
     torch.manual_seed(0)

@@ -8,15 +8,15 @@ divided by the fp32 GEMM FLOP/s measured in the same run.
     python benchmarks/bench_inference.py [--runs 5] [--threads N]
 """
 
-import argparse
-
 import torch
 
 from benchmarks.common import (
     build_peer,
+    image_timing_parser,
     interleaved_timing,
     markdown_table,
     measure_gemm_flops,
+    set_threads,
     write_result,
 )
 from benchmarks.models import TINY_CONFIG, build_ours
@@ -45,14 +45,8 @@ def count_flops(model, image):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1066)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = image_timing_parser(__doc__.splitlines()[0], 5).parse_args()
+    set_threads(args)
     torch.manual_seed(0)
 
     h, w = args.height, args.width

@@ -3,6 +3,7 @@
 Benchmarks compare inside ONE process and report ratios: absolute times on these machines drift.
 """
 
+import argparse
 import datetime
 import json
 import os
@@ -151,3 +152,20 @@ def finish_pq_plot(fig, ax, name, target, xlabel, ylabel, legend_size=None):
     png = os.path.join(OUTPUT_DIR, f"{name}.png")
     fig.savefig(png, dpi=100, bbox_inches="tight")
     return png
+
+
+def image_timing_parser(description, runs, threads_help="torch threads (0: default)"):
+    """ArgumentParser with the options the per-image timing benchmarks share (``--runs``,
+    ``--threads``, ``--height``, ``--width``); callers add their own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1066)
+    return parser
+
+
+def set_threads(args):
+    """``torch.set_num_threads(args.threads)`` unless it is 0 (torch's default)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
