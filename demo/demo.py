@@ -259,14 +259,14 @@ def main(argv=None):
     photos = collect_inputs(args.input, exclude=[os.path.join(args.output, "overlays")])
     output_metadata(cfg)  # the class names must be known before the model is built
     try:
-        resolve_tiling(cfg.INPUT.MIN_SIZE_TEST, args.tile, args.tile_overlap)
+        tile, tile_overlap = resolve_tiling(cfg.INPUT.MIN_SIZE_TEST, args.tile, args.tile_overlap)
     except ValueError as e:
         raise UserError(f"{e} (the default tile is INPUT.MIN_SIZE_TEST)", "e.g. --tile 0") from None
     demo = PanopticDemo(
         cfg,
         weights=cfg.MODEL.WEIGHTS or None,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
+        tile=tile,
+        tile_overlap=tile_overlap,
         tile_above=args.tile_above,
         overlay_max_side=args.overlay_max_side,
         progress=not args.no_progress,
