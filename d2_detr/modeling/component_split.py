@@ -59,8 +59,8 @@ def split_into_components(
             add(seg, own, seg["area"])
             continue
         connect = own | (pixel_rank < rank.get(seg["category_id"], 0))
-        for part in _parts(own, connect, min_area, min_part_fraction):
-            add(seg, part, part.sum())
+        for part, area in _parts(own, connect, min_area, min_part_fraction):
+            add(seg, part, area)
     return torch.as_tensor(out, device=panoptic_seg.device), result
 
 
@@ -78,7 +78,7 @@ def split_instance_masks(masks, min_area=4, min_part_fraction=0.0):
     """
     source, parts = [], []
     for i, mask in enumerate(masks.cpu().numpy()):
-        for part in _parts(mask, mask, min_area, min_part_fraction):
+        for part, _ in _parts(mask, mask, min_area, min_part_fraction):
             source.append(i)
             parts.append(part)
     h, w = masks.shape[-2:]
@@ -105,7 +105,7 @@ def instance_components(instances, min_area=4, min_part_fraction=0.0):
 def _parts(own, connect, min_area, min_part_fraction):
     """The parts of the (H, W) bool mask ``own``: 8-connected components of ``connect`` (a
     superset of ``own``) restricted to ``own``, small parts merged into the largest, parts of at
-    most ``min_area`` pixels dropped. Returns a list of (H, W) bool arrays."""
+    most ``min_area`` pixels dropped. Returns a list of ((H, W) bool array, its area)."""
     n, labels = cv2.connectedComponents(connect.astype(np.uint8), connectivity=8)
     labels[~own] = 0
     areas = np.bincount(labels.ravel(), minlength=n)
@@ -116,4 +116,4 @@ def _parts(own, connect, min_area, min_part_fraction):
         small[0] = False
         labels[small[labels]] = largest
         areas = np.bincount(labels.ravel(), minlength=n)
-    return [labels == k for k in range(1, n) if areas[k] > min_area]
+    return [(labels == k, int(areas[k])) for k in range(1, n) if areas[k] > min_area]
