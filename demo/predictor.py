@@ -24,6 +24,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+from d2_detr.data.panoptic_format import wide_grey_to_uint8
 from d2_detr.inspection import DefectReport
 from d2_detr.inspection.tiling import resolve_tiling, tiled_panoptic, upsample_labels
 from d2_detr.utils.cli import UserError
@@ -222,15 +223,8 @@ def _to_bgr8(image):
     LA, CMYK, ...) is converted to RGB by PIL, as Detectron2's ``read_image`` does (which turns
     16-bit grey white and float black).
     """
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        grey = np.asarray(image)
-        if image.mode == "F":
-            grey = np.nan_to_num(grey.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-            scale = 255.0 if grey.size and grey.min() >= 0 and grey.max() <= 1 else 1.0
-            grey = np.clip(np.rint(grey * scale), 0, 255)
-        elif image.mode.startswith("I;16") or grey.max(initial=0) > 255:
-            grey = np.rint(np.clip(grey, 0, 65535) / 257.0)  # as the converter reads them
-        grey = grey.astype(np.uint8)
+    grey = wide_grey_to_uint8(image)  # the converter's rule
+    if grey is not None:
         return np.repeat(grey[:, :, None], 3, axis=2)
     return np.asarray(image.convert("RGB"))[:, :, ::-1]
 

@@ -577,3 +577,19 @@ def test_write_failure_is_a_clear_error_and_out_is_kept(tmp_path, data_sample_ra
         convert(data_sample_raw, out, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["out"]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_read_image_rgb_scales_wide_grey_like_the_demo(tmp_path):
+    from PIL import Image
+
+    from d2_detr.data.panoptic_format import read_image_rgb
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "f01.tif")  # float 0..1: was black
+    Image.fromarray((ramp * 65535).astype(np.int32), mode="I").save(tmp_path / "i16.tif")
+    Image.fromarray((ramp * 255).astype(np.int32), mode="I").save(tmp_path / "i8.tif")
+    expected = np.rint(ramp * 255).astype(np.uint8)
+    for name in ("f01.tif", "i16.tif", "i8.tif"):
+        rgb = read_image_rgb(tmp_path / name)
+        assert rgb.shape == (8, 8, 3)
+        assert np.abs(rgb[..., 0].astype(int) - expected).max() <= 1, name

@@ -24,6 +24,7 @@ __all__ = [
     "id2rgb",
     "rgb2id",
     "read_image_rgb",
+    "wide_grey_to_uint8",
     "image_size",
     "ids_from_bgr",
     "read_panoptic_png",
@@ -37,11 +38,30 @@ __all__ = [
 _EXIF_ORIENTATION = 274
 
 
+def wide_grey_to_uint8(img):
+    """
+    (H, W) uint8 of a grey PIL image wider than 8 bits, or None for any other mode. 16-bit grey
+    (``I;16*``, and ``I`` holding values above 255) is scaled by 255 / 65535 (Pillow's
+    ``convert`` would clip it: white); float (``F``) is read as 0..1 when it stays in [0, 1],
+    else as 0..255 (``convert`` makes it black); ``I`` within 0..255 is taken as it is.
+    """
+    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
+        return None
+    grey = np.asarray(img)
+    if img.mode == "F":
+        grey = np.nan_to_num(grey.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if grey.size and grey.min() >= 0 and grey.max() <= 1 else 1.0
+        grey = np.clip(np.rint(grey * scale), 0, 255)
+    elif img.mode.startswith("I;16") or grey.max(initial=0) > 255:
+        grey = np.rint(np.clip(grey, 0, 65535) / 257.0)
+    return np.clip(grey, 0, 255).astype(np.uint8)
+
+
 def read_image_rgb(path, mode="RGB"):
     """Fully decode an image file (EXIF orientation applied).
 
-    A 16-bit grey image is scaled to 8 bits (value / 257), not clipped as Pillow's ``convert``
-    would.
+    Grey images wider than 8 bits are scaled as :func:`wide_grey_to_uint8` says, not clipped as
+    Pillow's ``convert`` would.
 
     Returns:
         (H, W, 3) uint8 array for ``mode="RGB"``, (H, W) uint8 for ``mode="L"``.
@@ -52,9 +72,9 @@ def read_image_rgb(path, mode="RGB"):
         with Image.open(path) as img:
             img.load()  # full decode: truncated files raise here
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale, do not clip
-                grey = np.round(np.asarray(img, np.float64) / 257.0)
-                img = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L")
+            grey = wide_grey_to_uint8(img)
+            if grey is not None:
+                img = Image.fromarray(grey, mode="L")
             return np.asarray(img.convert(mode))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
