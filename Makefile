@@ -19,12 +19,15 @@ $(STAMP): setup.py $(CONSTRAINTS) Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) pip setuptools wheel
 	$(PIP) install $(PIP_QUIET) -c $(CONSTRAINTS) torch torchvision
-	@# Detectron2 v0.6 from the pb1-detectron2 sdist: pure Python (ext_modules=[]), own deps by us.
+	@# Detectron2 v0.6 from the pb1-detectron2 sdist: pure Python (ext_modules=[]); its stale pins
+	@# (black==21.4b2, iopath<0.1.10, caffe2's future/pydot) dropped: our setup.py lists its deps.
 	@if ! $(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('detectron2') is None)"; then \
 	  rm -rf $(D2_SDIST_DIR) && mkdir -p $(D2_SDIST_DIR) && \
 	  $(PIP) download $(PIP_QUIET) --no-deps --no-build-isolation -d $(D2_SDIST_DIR) -c $(CONSTRAINTS) pb1-detectron2 && \
 	  tar -xzf $(D2_SDIST_DIR)/pb1-detectron2-*.tar.gz -C $(D2_SDIST_DIR) && \
-	  sed -i 's/^    ext_modules=get_extensions(),/    ext_modules=[],/' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
+	  sed -i -e 's/^    ext_modules=get_extensions(),/    ext_modules=[],/' \
+	    -e '/^ *"black==21.4b2",/d' -e '/^ *"future",/d' -e '/^ *"pydot",/d' \
+	    -e 's/^ *"iopath>=0.1.7,<0.1.10",/        "iopath>=0.1.7",/' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
 	  grep -q '^    ext_modules=\[\],' $(D2_SDIST_DIR)/pb1-detectron2-*/setup.py && \
 	  $(PIP) install $(PIP_QUIET) --no-deps --no-build-isolation $(D2_SDIST_DIR)/pb1-detectron2-*/ && \
 	  d2=$$($(PY) -c 'import os,importlib.util as u;print(os.path.dirname(u.find_spec("detectron2").origin))') && \
