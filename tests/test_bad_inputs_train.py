@@ -128,6 +128,16 @@ CASES = {
         "train", T + ["MODEL.DETR.NUM_CLASSES", "6"],
         ["MODEL.DETR.NUM_CLASSES", "synthetic_concrete_train_panoptic", "4 classes"],
     ),
+    # data loader
+    "train_unknown_sampler": C(
+        "train", T + ["DATALOADER.SAMPLER_TRAIN", "RandomSubsetTrainingSampler"],
+        ["DATALOADER.SAMPLER_TRAIN", "RandomSubsetTrainingSampler", "RepeatFactorTrainingSampler"],
+    ),
+    "train_negative_repeat_threshold": C(
+        "train", T + ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
+                      "DATALOADER.REPEAT_THRESHOLD", "-0.5"],
+        ["DATALOADER.REPEAT_THRESHOLD", "-0.5"],
+    ),
     # weights and checkpoints
     "train_weights_missing": C("train", T + ["MODEL.WEIGHTS", "{root}/none.pth"], ["none.pth"]),
     "train_weights_folder": C("train", T + ["MODEL.WEIGHTS", "{root}/out"], ["MODEL.WEIGHTS"]),

@@ -28,6 +28,7 @@ from d2_detr.engine.setup import (
     check_datasets,
     check_num_classes,
     check_output_dir,
+    check_sampler,
     check_weights_fit,
     check_weights_path,
     load_config,
@@ -44,6 +45,8 @@ def setup(args):
     splits = ("TEST",) if args.eval_only else ("TRAIN", "TEST")
     check_datasets(cfg, splits)
     check_num_classes(cfg, splits)
+    if not args.eval_only:
+        check_sampler(cfg)
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise UserError(
             "--eval-only needs weights to evaluate",

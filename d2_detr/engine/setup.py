@@ -13,11 +13,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..config import add_detr_config
 from ..utils.cli import UserError, closest_names
+from .train_loader import check_train_sampler
 
 __all__ = [
     "check_datasets",
     "check_num_classes",
     "check_output_dir",
+    "check_sampler",
     "check_weights_path",
     "check_weights_fit",
     "check_config_file",
@@ -255,6 +257,16 @@ def check_num_classes(cfg, splits=("TRAIN", "TEST")):
                     f"set MODEL.DETR.NUM_CLASSES {len(classes)} (and MODEL.DETR.THING_CLASSES "
                     "to match)",
                 )
+
+
+def check_sampler(cfg):
+    """DATALOADER.SAMPLER_TRAIN is one the training stream implements (TrainingSampler,
+    RepeatFactorTrainingSampler) and DATALOADER.REPEAT_THRESHOLD a number >= 0."""
+    try:
+        check_train_sampler(cfg.DATALOADER.SAMPLER_TRAIN, cfg.DATALOADER.REPEAT_THRESHOLD)
+    except ValueError as e:
+        message, _, hint = str(e).partition("; ")
+        raise UserError(message, hint or None) from None
 
 
 def check_output_dir(path):

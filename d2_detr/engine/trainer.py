@@ -28,7 +28,13 @@ from .hooks import StopTraining
 from .launch import create_ddp_model
 from .optimizer import build_detr_optimizer
 from .panoptic_evaluation import DETRPanopticEvaluator
-from .train_loader import ResumableTrainLoader, aspect_groups, derive_seed, seed_all
+from .train_loader import (
+    ResumableTrainLoader,
+    aspect_groups,
+    derive_seed,
+    seed_all,
+    train_repeat_factors,
+)
 
 __all__ = [
     "DETRTrainer",
@@ -222,6 +228,10 @@ class DETRTrainer(DefaultTrainer):
         dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        # DATALOADER.SAMPLER_TRAIN: TrainingSampler or RepeatFactorTrainingSampler, else an error
+        sampler = cfg.DATALOADER.SAMPLER_TRAIN
+        logging.getLogger(__name__).info(f"Using training sampler {sampler}")
+        repeat_factors = train_repeat_factors(sampler, dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return ResumableTrainLoader(
             DatasetFromList(dicts, copy=False),
@@ -232,6 +242,7 @@ class DETRTrainer(DefaultTrainer):
             rank=comm.get_rank(),
             world_size=comm.get_world_size(),
             groups=aspect_groups(dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None,
+            repeat_factors=repeat_factors,
         )
 
     @classmethod
