@@ -26,6 +26,7 @@ setup(
         "fvcore>=0.1.5,<0.1.6",
         "iopath",
         "Pillow",
+        "pillow-heif",  # HEIC photos (phones): demo and converter readers
         "matplotlib",
         "termcolor",
         "yacs",

@@ -12,10 +12,11 @@ and glob patterns. Each photo is keyed by its path relative to the common folder
 ``OUTPUT/defects.csv`` (one row per defect), ``OUTPUT/images.csv`` (one row per photo),
 ``OUTPUT/defect_report.json`` and ``OUTPUT/report.html``; ``OUTPUT/overlays`` is never read as
 input (an --output inside an --input folder). Photos are read as displayed (EXIF orientation
-applied); grey, palette, 1-bit, 16-bit, float, RGBA and CMYK files as 8-bit colour.
+applied; HEIC / HEIF phone photos through pillow-heif); grey, palette, 1-bit, 16-bit, float,
+RGBA and CMYK files as 8-bit colour.
 
 A photo that cannot be read (corrupt, truncated, empty, not an image, a dangling link or link
-loop, HEIC / camera raw / GIF, above ``--max-megapixels``) is skipped with a warning and listed
+loop, camera raw / GIF, above ``--max-megapixels``) is skipped with a warning and listed
 in the report (images.csv / json: status "unreadable" and the reason). Exit status: 0 when every
 photo was processed or listed as unreadable; 1 when the report was written but processing failed
 on some photo (status "error", the others are processed); 2 for bad arguments, or when no photo

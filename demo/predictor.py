@@ -24,7 +24,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
-from d2_detr.data.panoptic_format import wide_grey_to_uint8
+from d2_detr.data.panoptic_format import HEIF_EXTENSIONS, enable_heif, wide_grey_to_uint8
 from d2_detr.inspection import DefectReport
 from d2_detr.inspection.tiling import resolve_tiling, tiled_panoptic, upsample_labels
 from d2_detr.utils.cli import UserError
@@ -34,16 +34,17 @@ logger = logging.getLogger("d2_detr.demo")
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif",
-)  # fmt: skip
+) + HEIF_EXTENSIONS  # fmt: skip
 # overlays keep the photo's own name when OpenCV writes that extension, else get ".jpg" added
 OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # decoders Pillow may use, whatever the file is named: not EPS / PDF-like formats, whose
 # plugins start Ghostscript (a program run on the file's content) where it is installed
+# (and "HEIF", phones' HEIC, through pillow-heif: see _photo_formats)
 PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "AVIF")  # JPEG includes MPO
 # photo formats found in inspectors' folders that this tool does not decode: listed as
 # unreadable with what to do, never skipped in silence
 UNSUPPORTED_EXTENSIONS = (
-    ".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf",
+    ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf",
     ".raw", ".gif",
 )  # fmt: skip
 # the non-tiled path computes masks at most this size (longest side) and upsamples the label
@@ -80,7 +81,7 @@ def _glob_root(pattern):
 def _walk_images(folder, exclude=()):
     """
     Image files under ``folder`` (recursive, extensions case-insensitive), sorted, plus folders
-    named like images and photos in formats this tool does not read (HEIC, camera raw, ...):
+    named like images and photos in formats this tool does not read (camera raw, GIF):
     those are listed as unreadable with the reason. Hidden entries (``.name``: ``._IMG.JPG``
     resource forks, ``.thumbnails/``) are skipped; linked folders are followed once (a link loop
     or a second link to a folder already walked is skipped); folders whose real path is in
@@ -229,6 +230,11 @@ def _to_bgr8(image):
     return np.asarray(image.convert("RGB"))[:, :, ::-1]
 
 
+def _photo_formats():
+    """:data:`PHOTO_FORMATS`, plus "HEIF" when pillow-heif is installed (registered here)."""
+    return PHOTO_FORMATS + (("HEIF",) if enable_heif() else ())
+
+
 class UnreadablePhoto(OSError):
     """A photo that cannot be read (the reason is the message); the demo lists it, goes on."""
 
@@ -249,8 +255,14 @@ def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
     if is_unsupported_photo(path):
         ext = os.path.splitext(path)[1].lower()
         raise UnreadablePhoto(
-            f"{ext} photos are not read by this tool (HEIC, camera raw, GIF): export them "
-            "as JPEG or PNG (phones: the 'most compatible' camera format)"
+            f"{ext} photos are not read by this tool (camera raw, GIF): export them "
+            "as JPEG or PNG"
+        )
+    formats = _photo_formats()
+    if "HEIF" not in formats and path.lower().endswith(HEIF_EXTENSIONS):
+        raise UnreadablePhoto(
+            "HEIC photos need the pillow-heif package (pip install pillow-heif, part of "
+            "d2_detr's requirements), or export them as JPEG"
         )
     try:
         size = os.stat(path).st_size
@@ -268,7 +280,7 @@ def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None  # checked here, from the header, before decoding
-            with Image.open(path, formats=PHOTO_FORMATS) as opened:
+            with Image.open(path, formats=formats) as opened:
                 w, h = opened.size
                 if limit is not None and w * h > limit:
                     raise _TooLarge(w, h, max_megapixels)

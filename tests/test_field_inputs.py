@@ -23,6 +23,7 @@ from PIL import Image
 from test_demo import SMALL_CLI, TINY, run_in_process, save_tiny_weights
 
 from d2_detr.data.conversion import convert_concrete_dataset
+from d2_detr.data.panoptic_format import enable_heif, image_size, read_image_rgb
 from d2_detr.engine.setup import check_weights_fit, load_config, weights_fit
 from d2_detr.utils.cli import UserError
 
@@ -53,12 +54,18 @@ def reference(seed=0):
 
 
 def save_rotated(path, orientation, seed=0):
+    """The reference as a camera stores it with EXIF ``orientation``; a .heic name: a HEIC file
+    as a phone writes it (pillow-heif writes the orientation as the container's irot / imir)."""
     image = Image.fromarray(reference(seed))
     if orientation in STORED:
         image = image.transpose(STORED[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
-    image.save(path, exif=exif.tobytes(), quality=95, subsampling=0)
+    if str(path).lower().endswith(".heic"):
+        assert enable_heif()
+        image.save(path, format="HEIF", exif=exif.tobytes(), quality=95)  # 4:2:0, as phones
+    else:
+        image.save(path, exif=exif.tobytes(), quality=95, subsampling=0)
 
 
 def _is_red_top_left(bgr):
@@ -67,6 +74,35 @@ def _is_red_top_left(bgr):
 
 
 # --- reading one photo -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_heic_photo_is_read_as_displayed(orientation, tmp_path):
+    """iPhone photos (HEIC): the demo and the converter's reader decode them through pillow-heif,
+    in their displayed orientation, once (not turned again by the EXIF tag), at the right size,
+    with the source's pixels up to compression noise."""
+    path = tmp_path / "IMG_0001.HEIC"
+    save_rotated(path, orientation)
+    assert path.read_bytes()[4:12] == b"ftypheic"  # a real HEIC file
+    bgr = read_photo(str(path))
+    assert bgr.shape == (H, W, 3) and bgr.dtype == np.uint8
+    assert _is_red_top_left(bgr)
+    diff = np.abs(bgr[:, :, ::-1].astype(int) - reference()).mean()
+    assert diff < 3, diff  # HEVC noise (0.34); turned or mirrored: > 40
+    rgb = read_image_rgb(str(path))
+    assert rgb.shape == (H, W, 3) and np.abs(rgb.astype(int) - reference()).mean() < 3
+    assert image_size(str(path)) == (W, H)
+    # the demo lists .heic/.heif files as photos
+    assert [os.path.basename(p) for p, _ in collect_inputs([str(tmp_path)])] == ["IMG_0001.HEIC"]
+
+
+def test_heic_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
+    save_rotated(tmp_path / "IMG_0001.heif", 1)
+    monkeypatch.setattr(predictor, "enable_heif", lambda: False)
+    with pytest.raises(UnreadablePhoto, match="pillow-heif"):
+        read_photo(str(tmp_path / "IMG_0001.heif"))
+    save_rotated(tmp_path / "p.jpg", 1)  # other photos are still read
+    assert read_photo(str(tmp_path / "p.jpg")).shape == (H, W, 3)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -244,13 +280,15 @@ def test_demo_on_a_field_folder(weights, tmp_path):
     Image.fromarray(np.full((1, 1, 3), 90, np.uint8)).save(src / "dot.png")
     (src / "empty.jpg").write_bytes(b"")
     (src / "notes.jpg").write_text("not a photo")
-    (src / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # an iPhone photo
+    (src / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a truncated HEIC
+    save_rotated(src / "day1" / "IMG_0003.HEIC", 6, seed=2)  # an iPhone photo
     Image.new("1", (20000, 20000)).save(src / "bomb.png")
     out = src / "report"
-    good = ["day1/IMG_0001.JPG", "day2/IMG_0001.JPG", "grey16.png", "cmyk.jpg", "x.webp",
-            "x.webp.jpg", "façade 3 &<b>.jpg", "caf\\xe9.png", "strip.png", "dot.png"]  # fmt: skip
+    good = ["day1/IMG_0001.JPG", "day2/IMG_0001.JPG", "day1/IMG_0003.HEIC", "grey16.png",
+            "cmyk.jpg", "x.webp", "x.webp.jpg", "façade 3 &<b>.jpg", "caf\\xe9.png", "strip.png",
+            "dot.png"]  # fmt: skip
     bad = {"empty.jpg": "empty", "notes.jpg": "not a readable image", "bomb.png": "MP",
-           "IMG_0002.HEIC": ".heic photos are not read"}  # fmt: skip
+           "IMG_0002.HEIC": "not a readable image"}  # fmt: skip
     for run in range(2):
         proc = _demo(src, out, weights, "--tile", "1024", "--tile-overlap", "128")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -261,9 +299,10 @@ def test_demo_on_a_field_folder(weights, tmp_path):
     for key, reason in bad.items():
         assert rows[key]["status"] == "unreadable" and reason in rows[key]["reason"], rows[key]
     # the rotated photos: displayed orientation in the report and in the overlay
-    for key in ("day1/IMG_0001.JPG", "day2/IMG_0001.JPG"):
+    for key in ("day1/IMG_0001.JPG", "day2/IMG_0001.JPG", "day1/IMG_0003.HEIC"):
         assert (rows[key]["height"], rows[key]["width"]) == (str(H), str(W))
-        overlay = np.asarray(Image.open(out / "overlays" / key))
+        name = key + (".jpg" if key.endswith(".HEIC") else "")  # overlays: a format OpenCV writes
+        overlay = np.asarray(Image.open(out / "overlays" / name))
         assert overlay.shape == (H, W, 3)
     a, b = (np.asarray(Image.open(out / "overlays" / f"day{d}" / "IMG_0001.JPG")) for d in (1, 2))
     assert np.abs(a.astype(int) - b).mean() > 5  # two photos, two overlays

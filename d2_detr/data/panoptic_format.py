@@ -6,7 +6,10 @@ segment as ``{"id", "category_id", "iscrowd", "area", "bbox"}`` with ``bbox = [x
 in pixels, ``w = x_max - x_min + 1`` (pycocotools' ``toBbox`` convention).
 
 Images are decoded with PIL and EXIF orientation applied, as Detectron2's ``read_image`` does,
-so sizes measured here are the sizes a Detectron2 data loader sees.
+so sizes measured here are the sizes a Detectron2 data loader sees. HEIC / HEIF photos (phones)
+are decoded by pillow-heif (:func:`enable_heif`), which applies the file's own rotation and
+mirroring (``irot`` / ``imir``, what a phone's gallery shows) and resets the EXIF orientation
+tag to 1, so the photo is turned once, as a JPEG with that EXIF tag would be.
 """
 
 import json
@@ -21,6 +24,8 @@ from PIL import Image, ImageOps
 from ..utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "HEIF_EXTENSIONS",
+    "enable_heif",
     "id2rgb",
     "rgb2id",
     "read_image_rgb",
@@ -36,6 +41,30 @@ __all__ = [
 ]
 
 _EXIF_ORIENTATION = 274
+
+#: file extensions of HEIC / HEIF photos (read once :func:`enable_heif` succeeds)
+HEIF_EXTENSIONS = (".heic", ".heif")
+_heif_ready = None
+
+
+def enable_heif():
+    """Let Pillow open HEIC / HEIF files (format ``"HEIF"``) by registering pillow-heif's opener:
+    once, on the first image read, so that only processes that read images import it.
+
+    Returns:
+        True when registered; False when the pillow-heif package is not installed (HEIC files
+        then fail to open as unknown formats).
+    """
+    global _heif_ready
+    if _heif_ready is None:
+        try:
+            import pillow_heif
+        except ImportError:
+            _heif_ready = False
+        else:
+            pillow_heif.register_heif_opener()
+            _heif_ready = True
+    return _heif_ready
 
 
 def wide_grey_to_uint8(img):
@@ -68,6 +97,7 @@ def read_image_rgb(path, mode="RGB"):
     Raises:
         ValueError: naming ``path`` when the file is not a readable image (corrupt or truncated).
     """
+    enable_heif()
     try:
         with Image.open(path) as img:
             img.load()  # full decode: truncated files raise here
@@ -85,6 +115,7 @@ def image_size(path):
 
     Only the header is read. Raises ValueError naming ``path`` when it is not an image.
     """
+    enable_heif()
     try:
         with Image.open(path) as img:
             w, h = img.size
