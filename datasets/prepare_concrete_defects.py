@@ -3,7 +3,9 @@
 
     python datasets/prepare_concrete_defects.py --raw RAW --out datasets/concrete_defects
 
-RAW holds ``images/<stem>.<jpg|jpeg|png>`` and ``masks/<stem><class>.<jpg|jpeg|png>``. Rules
+RAW holds ``images/<stem>.<ext>`` (photos as the demo reads them: .jpg .jpeg .jpe .jfif .png
+.bmp .tif .tiff .webp .avif .heic .heif, any case) and ``masks/<stem><class>.<jpg|jpeg|png>``.
+Photos other than plain JPEGs are written as JPEG quality 95 (EXIF orientation applied). Rules
 (masks of any bit depth, thresholding, 8-connected components, min-area, overlap priority,
 splits, JPEG re-encoding, atomic output) are documented in ``d2_detr/data/conversion/``. The
 output is validated with ``datasets/check_panoptic.py`` before it replaces OUT.

@@ -24,7 +24,13 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
-from d2_detr.data.panoptic_format import HEIF_EXTENSIONS, enable_heif, wide_grey_to_uint8
+from d2_detr.data.panoptic_format import (
+    HEIF_EXTENSIONS,
+    PHOTO_EXTENSIONS,
+    PHOTO_FORMATS,
+    enable_heif,
+    wide_grey_to_uint8,
+)
 from d2_detr.inspection import DefectReport
 from d2_detr.inspection.tiling import resolve_tiling, tiled_panoptic, upsample_labels
 from d2_detr.utils.cli import UserError
@@ -32,15 +38,10 @@ from d2_detr.utils.io import atomic_write_bytes
 
 logger = logging.getLogger("d2_detr.demo")
 
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif",
-) + HEIF_EXTENSIONS  # fmt: skip
+# the photo extensions and decoders, shared with the converter (d2_detr.data.panoptic_format)
+IMAGE_EXTENSIONS = PHOTO_EXTENSIONS
 # overlays keep the photo's own name when OpenCV writes that extension, else get ".jpg" added
 OVERLAY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# decoders Pillow may use, whatever the file is named: not EPS / PDF-like formats, whose
-# plugins start Ghostscript (a program run on the file's content) where it is installed
-# (and "HEIF", phones' HEIC, through pillow-heif: see _photo_formats)
-PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "AVIF")  # JPEG includes MPO
 # photo formats found in inspectors' folders that this tool does not decode: listed as
 # unreadable with what to do, never skipped in silence
 UNSUPPORTED_EXTENSIONS = (
@@ -231,7 +232,8 @@ def _to_bgr8(image):
 
 
 def _photo_formats():
-    """:data:`PHOTO_FORMATS`, plus "HEIF" when pillow-heif is installed (registered here)."""
+    """``panoptic_format.photo_formats()``: PHOTO_FORMATS, plus "HEIF" when pillow-heif is
+    installed; ``enable_heif`` looked up in this module at call time, so a test can patch it."""
     return PHOTO_FORMATS + (("HEIF",) if enable_heif() else ())
 
 

@@ -516,6 +516,105 @@ def test_converter_exif_rotated_photo_with_unrotated_mask(tmp_path):
     shutil.rmtree(tmp_path / "out")
 
 
+def _field_raw(raw):
+    """RAW/images: a phone HEIC (EXIF orientation 6: stored turned), a 16-bit grey TIFF and a
+    lossless WEBP; RAW/masks: JPG masks, one named in another case than its photo. Returns
+    (expected RGB per output stem, expected mask pixels per (stem, category id))."""
+    os.makedirs(raw / "images")
+    os.makedirs(raw / "masks")
+    save_rotated(raw / "images" / "IMG_0001.HEIC", 6)
+    ramp = (np.arange(H)[:, None] * 1000 + np.arange(W)[None, :] * 200).astype(np.uint16)
+    Image.fromarray(ramp).save(raw / "images" / "scan.TIF")  # I;16
+    wall = reference(5)
+    Image.fromarray(wall).save(raw / "images" / "wall.webp", lossless=True)
+    boxes = {  # mask file -> (y0, y1, x0, x1) on 8-pixel blocks: JPEG-exact at threshold 128
+        "IMG_0001crack.jpg": (8, 16, 8, 48),  # 8 x 40 = 320 px, in the displayed orientation
+        "SCANspall.JPG": (16, 40, 24, 56),  # 24 x 32 = 768 px; case differs from scan.TIF
+        "wallrebar.jpg": (0, 24, 48, 64),  # 24 x 16 = 384 px
+    }
+    for name, (y0, y1, x0, x1) in boxes.items():
+        mask = np.zeros((H, W), np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        Image.fromarray(mask).save(raw / "masks" / name, quality=95)
+    grey = np.rint(ramp / 257.0).astype(np.uint8)
+    expected_rgb = {
+        "IMG_0001": reference(),
+        "scan": np.repeat(grey[:, :, None], 3, 2),
+        "wall": wall,
+    }
+    pixels = {("IMG_0001", 3): 320, ("scan", 2): 768, ("wall", 1): 384}
+    return expected_rgb, pixels
+
+
+def test_converter_reads_heic_tiff_and_webp_photos(tmp_path):
+    """Field folders hold phone HEIC photos and 16-bit TIFFs: the converter reads every photo
+    format the demo reads, through the same reader (HEIC turned as displayed, 16-bit grey scaled,
+    not clipped) and writes plain JPEGs that Detectron2's own read_image loads at the size and
+    orientation of the json; the panoptic targets hold the masks' pixels exactly."""
+    from detectron2.data.detection_utils import read_image
+
+    from d2_detr.data.panoptic_format import PHOTO_EXTENSIONS
+
+    assert predictor.IMAGE_EXTENSIONS is PHOTO_EXTENSIONS  # one list, demo and converter
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    expected_rgb, pixels = _field_raw(raw)
+    summary = convert_concrete_dataset(raw, out, val_fraction=0, workers=1, progress=False)
+    assert summary["images"] == {"train": 3} and summary["reencoded_images"] == 3
+    assert summary["instances"] == {"rebar": 1, "spall": 1, "crack": 1}
+    assert sorted(os.listdir(out / "train")) == ["IMG_0001.jpg", "scan.jpg", "wall.jpg"]
+    pan = json.load(open(out / "annotations" / "panoptic_train.json"))
+    sizes = {i["id"]: (i["height"], i["width"], i["file_name"]) for i in pan["images"]}
+    for ann in pan["annotations"]:
+        height, width, file_name = sizes[ann["image_id"]]
+        stem = file_name[: -len(".jpg")]
+        assert (height, width) == (H, W)  # the HEIC as displayed, not as stored (72 x 48)
+        assert Image.open(out / "train" / file_name).format == "JPEG"
+        rgb = read_image(str(out / "train" / file_name), format="RGB")  # Detectron2's loader
+        assert rgb.shape == (H, W, 3), file_name
+        diff = np.abs(rgb.astype(int) - expected_rgb[stem]).mean()
+        assert diff < 3, (file_name, diff)  # turned, mirrored or clipped: > 40
+        if stem == "IMG_0001":
+            assert _is_red_top_left(rgb[:, :, ::-1])
+        ids = np.asarray(Image.open(out / "panoptic_train" / ann["file_name"]).convert("RGB"))
+        ids = ids.astype(np.int64) @ np.array([1, 256, 65536])
+        by_cat = {}
+        for seg in ann["segments_info"]:
+            assert seg["area"] == int((ids == seg["id"]).sum())
+            by_cat[seg["category_id"]] = by_cat.get(seg["category_id"], 0) + seg["area"]
+        thing = {c: n for c, n in by_cat.items() if c != 4}
+        assert thing == {c: n for (s, c), n in pixels.items() if s == stem}, (stem, by_cat)
+        assert by_cat[4] == H * W - sum(thing.values())  # background: every other pixel
+
+
+def test_converter_broken_heic_is_named(tmp_path, capsys):
+    """A truncated .heic among good photos: the converter's bad-photo rule (as for a corrupt
+    JPEG): exit 2 with a message naming the file and what to do, no traceback, nothing written;
+    without it the folder converts."""
+    import importlib.util
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _field_raw(raw)
+    save_rotated(raw / "images" / "IMG_0002.heic", 1)
+    data = (raw / "images" / "IMG_0002.heic").read_bytes()
+    (raw / "images" / "IMG_0002.heic").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"IMG_0002\.heic: corrupt or unreadable image"):
+        convert_concrete_dataset(raw, out, val_fraction=0, workers=1, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["raw"]  # nothing half-written
+    spec = importlib.util.spec_from_file_location(
+        "_field_prepare", "datasets/prepare_concrete_defects.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    argv = ["--raw", str(raw), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert tool.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "IMG_0002.heic: corrupt or unreadable image" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["raw"]
+    os.remove(raw / "images" / "IMG_0002.heic")
+    assert tool.main(argv + ["--val-fraction", "0"]) == 0
+    assert sorted(os.listdir(out / "train")) == ["IMG_0001.jpg", "scan.jpg", "wall.jpg"]
+
+
 # --- weights of another model ------------------------------------------------------------------
 
 

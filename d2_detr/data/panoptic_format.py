@@ -10,6 +10,10 @@ so sizes measured here are the sizes a Detectron2 data loader sees. HEIC / HEIF 
 are decoded by pillow-heif (:func:`enable_heif`), which applies the file's own rotation and
 mirroring (``irot`` / ``imir``, what a phone's gallery shows) and resets the EXIF orientation
 tag to 1, so the photo is turned once, as a JPEG with that EXIF tag would be.
+
+The photo formats read by the project (the demo and the converter) are defined here once:
+:data:`PHOTO_EXTENSIONS` (file names) and :func:`photo_formats` (the Pillow decoders allowed,
+whatever a file is named).
 """
 
 import json
@@ -25,7 +29,10 @@ from ..utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "HEIF_EXTENSIONS",
+    "PHOTO_EXTENSIONS",
+    "PHOTO_FORMATS",
     "enable_heif",
+    "photo_formats",
     "id2rgb",
     "rgb2id",
     "read_image_rgb",
@@ -44,6 +51,15 @@ _EXIF_ORIENTATION = 274
 
 #: file extensions of HEIC / HEIF photos (read once :func:`enable_heif` succeeds)
 HEIF_EXTENSIONS = (".heic", ".heif")
+#: file extensions of photos (compared in lower case): what the demo lists as photos and the
+#: converter accepts in RAW/images; the one definition, imported by both
+PHOTO_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".avif",
+) + HEIF_EXTENSIONS  # fmt: skip
+#: Pillow decoders a photo may use, whatever the file is named: never EPS / PDF-like formats,
+#: whose plugins start Ghostscript (a program run on the file's content) where it is installed
+#: ("HEIF" is added by :func:`photo_formats` when pillow-heif is installed). JPEG includes MPO.
+PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "AVIF")
 _heif_ready = None
 
 
@@ -67,6 +83,11 @@ def enable_heif():
     return _heif_ready
 
 
+def photo_formats():
+    """:data:`PHOTO_FORMATS`, plus "HEIF" when pillow-heif is installed (registered here)."""
+    return PHOTO_FORMATS + (("HEIF",) if enable_heif() else ())
+
+
 def wide_grey_to_uint8(img):
     """
     (H, W) uint8 of a grey PIL image wider than 8 bits, or None for any other mode. 16-bit grey
@@ -87,7 +108,7 @@ def wide_grey_to_uint8(img):
 
 
 def read_image_rgb(path, mode="RGB"):
-    """Fully decode an image file (EXIF orientation applied).
+    """Fully decode a photo (EXIF orientation applied) of any of :func:`photo_formats`.
 
     Grey images wider than 8 bits are scaled as :func:`wide_grey_to_uint8` says, not clipped as
     Pillow's ``convert`` would.
@@ -95,11 +116,17 @@ def read_image_rgb(path, mode="RGB"):
     Returns:
         (H, W, 3) uint8 array for ``mode="RGB"``, (H, W) uint8 for ``mode="L"``.
     Raises:
-        ValueError: naming ``path`` when the file is not a readable image (corrupt or truncated).
+        ValueError: naming ``path`` when the file is not a readable image (corrupt, truncated,
+            or not of a photo format).
     """
-    enable_heif()
+    formats = photo_formats()
+    if "HEIF" not in formats and str(path).lower().endswith(HEIF_EXTENSIONS):
+        raise ValueError(
+            f"{path}: HEIC photos need the pillow-heif package (pip install pillow-heif, part of "
+            "d2_detr's requirements), or export them as JPEG"
+        )
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=formats) as img:
             img.load()  # full decode: truncated files raise here
             img = ImageOps.exif_transpose(img)
             grey = wide_grey_to_uint8(img)
@@ -115,9 +142,8 @@ def image_size(path):
 
     Only the header is read. Raises ValueError naming ``path`` when it is not an image.
     """
-    enable_heif()
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=photo_formats()) as img:
             w, h = img.size
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, SyntaxError, ValueError) as e:

@@ -2,7 +2,8 @@
 
 Raw layout (input)::
 
-    RAW/images/<stem>.<jpg|jpeg|png>
+    RAW/images/<stem>.<ext>   a photo: .jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp .avif
+                              .heic .heif, any case (the demo's photos: PHOTO_EXTENSIONS)
     RAW/masks/<stem><suffix>.<jpg|jpeg|png>   one mask per defect class present in the image
 
 Sub-folders are allowed, mirrored between images/ and masks/ (``images/site1/a.jpg`` pairs with

@@ -1,15 +1,19 @@
-"""Images of the converted dataset: JPEGs copied byte for byte, anything else re-encoded.
+"""Images of the converted dataset: JPEGs copied byte for byte, any other photo re-encoded.
 
-A JPEG input (any extension) without EXIF rotation is copied as is; anything else (.png, rotated
-or CMYK JPEG) is decoded (EXIF rotation applied, as Detectron2's ``read_image`` does) and
-re-encoded as JPEG quality 95 (4:4:4), because Detectron2 v0.6's ``load_coco_panoptic_json``
-looks for ``<png stem>.jpg``.
+A JPEG input (any extension) without EXIF rotation is copied as is; any other photo (.png, .tif,
+.webp, .avif, .heic, a rotated or CMYK JPEG, ...) is decoded by the project's one reader,
+:func:`~d2_detr.data.panoptic_format.read_image_rgb` (EXIF orientation applied as Detectron2's
+``read_image`` does, 16-bit grey scaled, HEIC through pillow-heif), and re-encoded as JPEG
+quality 95 (4:4:4): Detectron2 v0.6's ``load_coco_panoptic_json`` looks for ``<png stem>.jpg``,
+and its ``read_image`` (plain PIL) cannot open HEIC. So every output image is a plain JPEG.
 """
+
+import os
 
 from PIL import Image
 
 from ...utils.io import atomic_write, atomic_write_bytes
-from ..panoptic_format import read_image_rgb
+from ..panoptic_format import HEIF_EXTENSIONS, photo_formats, read_image_rgb
 from .scan import read_bytes
 from .settings import RawDatasetError
 
@@ -18,24 +22,38 @@ __all__ = ["JPEG_QUALITY", "write_image"]
 JPEG_QUALITY = 95
 
 
+def _unreadable(src, reason):
+    return RawDatasetError(
+        f"{src}: corrupt or unreadable image ({reason})",
+        "replace or remove the photo (and its masks), or re-export it as JPEG",
+    )
+
+
 def write_image(src, dst):
-    """Copy a JPEG as is, re-encode anything else; returns ((width, height), re-encoded)."""
+    """Copy a JPEG as is, re-encode any other photo; returns ((width, height), re-encoded)."""
+    formats = photo_formats()  # photo decoders only: never EPS & co.
+    if "HEIF" not in formats and os.fspath(src).lower().endswith(HEIF_EXTENSIONS):
+        raise RawDatasetError(
+            f"{src}: HEIC photos need the pillow-heif package",
+            "pip install pillow-heif (part of d2_detr's requirements), or export it as JPEG",
+        )
     try:
-        with Image.open(src, formats=("JPEG", "PNG")) as img:  # never EPS & co.
+        with Image.open(src, formats=formats) as img:
             fmt, mode, size = img.format, img.mode, img.size
             orientation = img.getexif().get(274, 1)
-            if fmt == "JPEG":  # DCT-scaled decode: still reads the whole stream, 2x faster
+            copy = fmt == "JPEG" and mode in ("RGB", "L") and orientation == 1
+            if copy:  # check the whole stream decodes; DCT-scaled: still all read, 2x faster
                 img.draft(img.mode, (size[0] // 8, size[1] // 8))
-            img.load()  # decode: corrupt and truncated files raise here
+                img.load()  # corrupt and truncated files raise here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RawDatasetError(f"{src}: corrupt or unreadable image ({e})") from e
-    if fmt == "JPEG" and mode in ("RGB", "L") and orientation == 1:
+        raise _unreadable(src, e) from e
+    if copy:
         atomic_write_bytes(dst, read_bytes(src))
         return size, False
     try:
-        rgb = read_image_rgb(src)  # applies EXIF rotation as Detectron2 does
+        rgb = read_image_rgb(src)  # EXIF orientation, wide grey, HEIC: as the demo reads it
     except ValueError as e:
-        raise RawDatasetError(f"{src}: corrupt or unreadable image ({e})") from e
+        raise _unreadable(src, str(e).removeprefix(f"{src}: ")) from e
     atomic_write(
         dst,
         lambda f: Image.fromarray(rgb).save(f, format="JPEG", quality=JPEG_QUALITY, subsampling=0),

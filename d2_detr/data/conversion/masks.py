@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..panoptic_format import photo_formats
 from .scan import read_bytes
 from .settings import RawDatasetError, threshold_fraction
 
@@ -64,9 +65,10 @@ def mask_values(decoded):
 
 
 def exif_orientation(path):
-    """The EXIF orientation tag (1-8) of an image file; 1 when it has none or it is unreadable."""
+    """The EXIF orientation tag (1-8) of an image file (a photo format, header only); 1 when it has
+    none or it is unreadable (a HEIC's own rotation is applied by pillow-heif: tag reset to 1)."""
     try:
-        with Image.open(path, formats=("JPEG", "PNG")) as img:
+        with Image.open(path, formats=photo_formats()) as img:
             return img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001  (no EXIF readable: as stored)
         return 1

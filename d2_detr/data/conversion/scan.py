@@ -2,14 +2,15 @@
 
 Raw layout::
 
-    RAW/images/[<sub/folders>/]<stem>.<jpg|jpeg|png>
+    RAW/images/[<sub/folders>/]<stem>.<photo extension>   (IMAGE_EXTENSIONS: the demo's photos)
     RAW/masks/[<sub/folders>/]<stem><suffix>.<jpg|jpeg|png>   one mask per class present
 
 Sub-folders are searched (linked folders followed once); a mask pairs with the image of the same
 sub-folder and stem, so ``images/site1/a.jpg`` and ``images/site2/a.jpg`` are two images (their
 output names are ``site1__a`` and ``site2__a``: the sub-folders joined with ``__``). Extensions
 and class suffixes match in any case (``IMG_01.JPG``, ``IMG_01Crack.png``); a mask whose stem
-differs from its image's only in case pairs with it when that image is the only such one.
+differs from its image's only in case pairs with it when that image is the only such one. A
+mask pairs by stem whatever the two extensions (``IMG_7.HEIC`` with ``IMG_7crack.png``).
 Hidden files and folders (``.name``) are ignored. A dangling symlink, a symlink loop, a file that
 cannot be opened or a file with another extension is an error naming the file: nothing is
 silently dropped.
@@ -159,7 +160,7 @@ def scan_raw_dir(raw_dir, class_suffixes=None):
             same = by_lower.get(rel.lower(), [])
             if len(same) != 1:
                 raise RawDatasetError(
-                    f"{path}: mask without image (no images/{rel}.jpg|jpeg|png"
+                    f"{path}: mask without image (no images/{rel}.<photo extension>"
                     + (f"; {len(same)} images differ from it only in case" if same else "")
                     + ")",
                     "a mask is named <image stem><class suffix> in the sub-folder of its image",

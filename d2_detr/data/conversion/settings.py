@@ -2,6 +2,7 @@
 
 from ...utils.cli import UserError
 from ..categories import THING_NAMES
+from ..panoptic_format import PHOTO_EXTENSIONS
 
 __all__ = [
     "RawDatasetError",
@@ -23,7 +24,8 @@ DEFAULT_CLASS_PRIORITY = ("crack", "rebar", "spall")
 DEFAULT_CLASS_SUFFIXES = {"crack": "crack", "spall": "spall", "rebar": "rebar"}
 #: Mask threshold on the 8-bit scale (128 of 255); see :func:`threshold_fraction`.
 DEFAULT_THRESHOLD = 128
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: Photos accepted in RAW/images: the demo's photo formats (one definition, in panoptic_format).
+IMAGE_EXTENSIONS = PHOTO_EXTENSIONS
 MASK_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
