@@ -12,7 +12,9 @@ output is validated with ``datasets/check_panoptic.py`` before it replaces OUT.
 
 Bad input (a missing or unreadable file, a dangling symlink, a bad setting, an --out that is a
 file) ends with exit code 2 and a message naming it; ``--debug`` or ``D2_DETR_DEBUG=1`` shows
-the traceback. OUT is never left half-written.
+the traceback. OUT is never left half-written. With ``--skip-unreadable-images`` a photo that
+cannot be decoded is left out (with its masks), named in a warning and in the summary's
+``skipped_images``, and the others convert.
 """
 
 import argparse
@@ -85,6 +87,13 @@ def _main(argv=None):
         default="crack,spall,rebar",
         help="mask-name suffixes, 'suffix' or 'suffix=class', comma separated",
     )
+    p.add_argument(
+        "--skip-unreadable-images",
+        action="store_true",
+        help="leave out photos that cannot be decoded (corrupt, truncated, HEIC without "
+        "pillow-heif) with their masks, list them in the summary's skipped_images and convert "
+        "the others (default: stop with exit 2 naming the photo)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
@@ -102,6 +111,7 @@ def _main(argv=None):
             class_priority=[c.strip() for c in args.class_priority.split(",") if c.strip()],
             class_suffixes=parse_suffixes(args.class_suffixes),
             progress=not args.no_progress,
+            skip_unreadable_images=args.skip_unreadable_images,
         )
     except FileExistsError as e:
         raise UserError(str(e), "pass --overwrite to replace it, or choose another --out") from e

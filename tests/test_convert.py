@@ -282,6 +282,37 @@ def test_corrupt_image(tmp_path, kind):
     assert os.listdir(tmp_path) == ["raw"]  # nothing half-written next to OUT either
 
 
+def test_skip_unreadable_images(tmp_path):
+    """skip_unreadable_images: corrupt photos are left out with their masks (listed with the
+    reason), the others convert with 2 workers too; a split left without images stays valid;
+    every photo unreadable is still an error, nothing written."""
+    images = {f"p{i}.jpg": surface(seed=i) for i in range(4)}
+    images["bad.png"] = b"\x89PNG broken"
+    masks = {f"p{i}crack.png": blob_mask() for i in range(4)}
+    masks["badcrack.png"] = blob_mask()
+    raw = make_raw(tmp_path / "raw", images, masks)
+    with pytest.raises(RawDatasetError, match=r"bad\.png: corrupt or unreadable image"):
+        convert(raw, tmp_path / "out", workers=2)
+    s = convert(raw, tmp_path / "out", workers=2, skip_unreadable_images=True)
+    assert sum(s["images"].values()) == 4 and s["instances"]["crack"] == 4
+    assert [os.path.basename(x["image"]) for x in s["skipped_images"]] == ["bad.png"]
+    assert "corrupt or unreadable image" in s["skipped_images"][0]["reason"]
+    assert any("bad.png" in w for w in s["warnings"])
+    assert check_panoptic(str(tmp_path / "out")) == []
+    assert_matches_reference(raw, str(tmp_path / "out"))
+    # the only image of its split unreadable: that split is empty, still a valid dataset
+    raw2 = make_raw(tmp_path / "raw2", {"a.jpg": surface(), "b.jpg": b"nope"}, {})
+    seed = next(i for i in range(20) if split_stems(["a", "b"], 0.5, 0, i)["b"] == "val")
+    s = convert(raw2, tmp_path / "out2", val_fraction=0.5, seed=seed, skip_unreadable_images=True)
+    assert s["images"] == {"train": 1}
+    assert json.load(open(tmp_path / "out2" / "annotations" / "panoptic_val.json"))["images"] == []
+    assert check_panoptic(str(tmp_path / "out2")) == []
+    raw3 = make_raw(tmp_path / "raw3", {"a.jpg": b"nope", "b.heic": b"nope"}, {})
+    with pytest.raises(RawDatasetError, match=r"no readable photo \(2 unreadable"):
+        convert(raw3, tmp_path / "out3", skip_unreadable_images=True)
+    assert not os.path.exists(tmp_path / "out3")
+
+
 def test_corrupt_mask(tmp_path):
     raw = make_raw(tmp_path / "raw", {"a.jpg": surface()}, {})
     (tmp_path / "raw" / "masks" / "acrack.png").write_bytes(b"\x89PNG broken")

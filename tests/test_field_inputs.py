@@ -588,8 +588,9 @@ def test_converter_reads_heic_tiff_and_webp_photos(tmp_path):
 
 def test_converter_broken_heic_is_named(tmp_path, capsys):
     """A truncated .heic among good photos: the converter's bad-photo rule (as for a corrupt
-    JPEG): exit 2 with a message naming the file and what to do, no traceback, nothing written;
-    without it the folder converts."""
+    JPEG): exit 2 with a message naming the file and what to do, no traceback, nothing written.
+    With --skip-unreadable-images it is named in a warning and the summary, and the others
+    convert, as they do without it."""
     import importlib.util
 
     raw, out = tmp_path / "raw", tmp_path / "out"
@@ -610,9 +611,20 @@ def test_converter_broken_heic_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "IMG_0002.heic: corrupt or unreadable image" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["raw"]
-    os.remove(raw / "images" / "IMG_0002.heic")
-    assert tool.main(argv + ["--val-fraction", "0"]) == 0
+    assert tool.main(argv + ["--val-fraction", "0", "--skip-unreadable-images"]) == 0
+    captured = capsys.readouterr()
+    assert "IMG_0002.heic: corrupt or unreadable image" in captured.err
+    summary = json.loads(captured.out)
+    assert summary["images"] == {"train": 3}
+    assert summary["instances"] == {"rebar": 1, "spall": 1, "crack": 1}
+    assert [os.path.basename(s["image"]) for s in summary["skipped_images"]] == ["IMG_0002.heic"]
     assert sorted(os.listdir(out / "train")) == ["IMG_0001.jpg", "scan.jpg", "wall.jpg"]
+    skipped_run = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
+    shutil.rmtree(out)
+    os.remove(raw / "images" / "IMG_0002.heic")  # the same images as without the broken photo
+    assert tool.main(argv + ["--val-fraction", "0"]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == skipped_run
+    assert json.loads(capsys.readouterr().out)["skipped_images"] == []
 
 
 # --- weights of another model ------------------------------------------------------------------

@@ -6,6 +6,11 @@ into segments, and the panoptic PNG is written. The split jsons and ``conversion
 follow; the temporary folder is validated with :func:`d2_detr.data.validation.check_panoptic` and
 renamed to ``OUT`` only on success. The same input gives byte-identical output, whatever the
 number of workers.
+
+A photo that cannot be decoded stops the conversion (exit 2 naming it), unless
+``skip_unreadable_images``: then it is left out with its masks, listed in the summary's
+``skipped_images`` (file and reason), and the other images convert (keeping the split they have
+with it: the split is drawn over every photo found).
 """
 
 import multiprocessing as mp
@@ -41,7 +46,13 @@ THING_IDS = frozenset(c["id"] for c in CONCRETE_DEFECT_CATEGORIES if c["isthing"
 def convert_image(task):
     """Convert one image: write its .jpg and panoptic PNG, return its records and counts."""
     stem, image_path, masks, image_id, split, out, cfg = task
-    (width, height), reencoded = write_image(image_path, os.path.join(out, split, stem + ".jpg"))
+    try:
+        size, reencoded = write_image(image_path, os.path.join(out, split, stem + ".jpg"))
+    except RawDatasetError as e:
+        if not cfg.get("skip_unreadable_images"):
+            raise
+        return {"stem": stem, "split": split, "skipped": {"image": image_path, "reason": str(e)}}
+    width, height = size
     binary = {}
     for cls, path in sorted(masks.items()):
         mask = read_mask(path, cfg["threshold"])
@@ -126,6 +137,7 @@ def convert_concrete_dataset(
     class_suffixes=None,
     progress=True,
     validate=True,
+    skip_unreadable_images=False,
 ):
     """Convert a raw concrete-defect dataset (see :mod:`d2_detr.data.conversion` for the rules).
 
@@ -143,12 +155,15 @@ def convert_concrete_dataset(
         class_suffixes: dict mask-name suffix -> class name.
         progress: show a tqdm bar.
         validate: run :func:`check_panoptic` on the output before publishing it.
+        skip_unreadable_images: leave out (with their masks) the photos that cannot be decoded
+            and list them in the summary's ``skipped_images``, instead of stopping; every photo
+            unreadable is still an error.
     Returns:
         summary dict: images per split, instances per class (and per split), dropped specks
         (components and pixels), overlap pixels, instances dropped after overlap, empty masks,
         re-encoded images, images without defects, duplicate images (same bytes as an earlier
-        stem), warnings (e.g. a split without any defect), settings, plus ``out_dir`` and
-        ``seconds``.
+        stem), skipped images (file and reason, with ``skip_unreadable_images``), warnings (e.g.
+        a split without any defect), settings, plus ``out_dir`` and ``seconds``.
     Raises:
         RawDatasetError: bad input, naming the file; FileExistsError: ``out_dir`` exists.
     """
@@ -179,7 +194,12 @@ def convert_concrete_dataset(
         "class_priority": list(class_priority),
         "class_suffixes": suffixes,
     }
-    cfg = {"threshold": threshold, "min_area": min_area, "class_priority": class_priority}
+    cfg = {
+        "threshold": threshold,
+        "min_area": min_area,
+        "class_priority": class_priority,
+        "skip_unreadable_images": bool(skip_unreadable_images),
+    }
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(entries)))
 
     tmp = make_temp_dir(out_dir)
@@ -199,10 +219,19 @@ def convert_concrete_dataset(
             chunk = max(1, min(16, len(tasks) // (workers * 8)))
             with mp.Pool(workers) as pool:
                 records = list(tqdm(pool.imap(_convert_one, tasks, chunksize=chunk), **bar))
+        skipped = [r["skipped"] for r in records if "skipped" in r]
+        records = [r for r in records if "skipped" not in r]
+        if not records:
+            raise RawDatasetError(
+                f"{os.path.join(os.fspath(raw_dir), 'images')}: no readable photo "
+                f"({len(skipped)} unreadable, the first: {skipped[0]['reason']})"
+            )
         for split in sorted(set(split_of.values())):
             write_split_jsons(tmp, split, [r for r in records if r["split"] == split])
         summary = _summarize(records, settings)
         summary["duplicate_images"] = sum(g != s for s, g in groups.items())
+        summary["skipped_images"] = skipped
+        summary["warnings"] += [f"left out (unreadable): {s['reason']}" for s in skipped]
         write_json(os.path.join(tmp, SUMMARY_NAME), summary)
         if validate:
             from ..validation import check_panoptic
