@@ -586,6 +586,18 @@ def test_converter_reads_heic_tiff_and_webp_photos(tmp_path):
         assert by_cat[4] == H * W - sum(thing.values())  # background: every other pixel
 
 
+def test_converter_heic_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
+    from d2_detr.data.conversion import images as conversion_images
+    from d2_detr.data.panoptic_format import PHOTO_FORMATS
+
+    _field_raw(tmp_path / "raw")
+    monkeypatch.setattr(conversion_images, "photo_formats", lambda: PHOTO_FORMATS)
+    with pytest.raises(UserError, match=r"IMG_0001\.HEIC: HEIC photos need the pillow-heif") as e:
+        convert_concrete_dataset(tmp_path / "raw", tmp_path / "out", workers=1, progress=False)
+    assert "pip install pillow-heif" in e.value.hint
+    assert not (tmp_path / "out").exists()
+
+
 def test_converter_broken_heic_is_named(tmp_path, capsys):
     """A truncated .heic among good photos: the converter's bad-photo rule (as for a corrupt
     JPEG): exit 2 with a message naming the file and what to do, no traceback, nothing written.
