@@ -6,6 +6,8 @@ ones (MODEL.EMA) on the synthetic val split and on the 2 bundled real photograph
 
     python -m benchmarks.ema_curve --minutes 20 --eval-every 2 --decay 0.998
     python -m benchmarks.ema_curve --max-iter 2000 --eval-every-iters 250   # by iterations
+    python -m benchmarks.ema_curve --plot output/benchmarks/a.json output/benchmarks/b.json \
+        --name two_seeds                                                     # saved runs
 
 By iterations (``--max-iter``), the learning rate drops at 80 % of them, as in ``make demo``, and
 the curve does not depend on how busy the machine is.
@@ -14,6 +16,7 @@ Writes ``output/benchmarks/<name>.json`` and ``.png`` (default name ``ema_curve`
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -47,6 +50,37 @@ def _pq(results, name):
     }
 
 
+def plot_curves(runs, name, by_iter):
+    """PQ of the training weights (dashed) and the EMA (solid) on synthetic val and the real
+    photos; ``runs``: [(label or None, curve)], one line style per run. Returns the png path."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, split, title in zip(axes, ("val", "real"), ("synthetic val", "2 real photos")):
+        for k, (label, curve) in enumerate(runs):
+            xs = [p["iteration"] if by_iter else p["minutes"] for p in curve]
+            for which, style in (("raw", "--"), ("ema", "-")):
+                tag = "EMA" if which == "ema" else "training weights"
+                ax.plot(
+                    xs, [p[which][split]["PQ"] for p in curve], style, color=f"C{k}", marker="o",
+                    label=f"{tag}, {label}" if label else tag,
+                )  # fmt: skip
+        ax.set_title(title)
+    xlabel = "training iterations (batch 2)" if by_iter else "training minutes (CPU)"
+    finish_pq_plot(fig, axes[0], name, 80, xlabel, "PQ", legend_size=8)
+    return finish_pq_plot(fig, axes[1], name, 80, xlabel, "PQ", legend_size=8)
+
+
+def plot_saved(paths, name):
+    """One figure of several saved runs (e.g. two seeds): ``--plot A.json B.json``."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            saved = json.load(f)
+        seed = dict(zip(saved["opts"][::2], saved["opts"][1::2])).get("SEED", "?")
+        runs.append((f"seed {seed}", saved["curve"]))
+        by_iter = saved.get("max_iter") is not None
+    print(f"wrote {plot_curves(runs, name, by_iter)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -59,8 +93,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--data", default=os.path.join(ROOT, "output", "ema_curve_data"))
     parser.add_argument("--name", default="ema_curve")
+    parser.add_argument(
+        "--plot", nargs="+", metavar="JSON", help="only plot these saved runs in one figure"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.plot:
+        return plot_saved(args.plot, args.name)
     setup_logger(name="d2_detr")
 
     dataset = make_data(args.data, args.num_images, args.seed)
@@ -129,17 +168,7 @@ def main(argv=None):
             "curve": curve,
         },
     )
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [p["iteration"] if by_iter else p["minutes"] for p in curve]
-    for which, style in (("raw", "--"), ("ema", "-")):
-        for split, colour in (("val", "C0"), ("real", "C1")):
-            ax.plot(
-                xs, [p[which][split]["PQ"] for p in curve], style, color=colour, marker="o",
-                label=f"{'EMA' if which == 'ema' else 'training weights'}, "
-                f"{'synthetic val' if split == 'val' else '2 real photos'}",
-            )  # fmt: skip
-    xlabel = "training iterations (batch 2)" if by_iter else "training minutes (CPU)"
-    png = finish_pq_plot(fig, ax, args.name, 80, xlabel, "PQ", legend_size=8)
+    png = plot_curves([(None, curve)], args.name, by_iter)
     print("minutes  iter   val raw  val EMA  real raw  real EMA")
     for p in curve:
         print(
