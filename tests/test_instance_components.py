@@ -26,17 +26,19 @@ def test_split_instance_masks_parts_small_parts_and_overlap():
     masks[0, 35:37, 5:7] = True  # 4 px speck: dropped (<= min_area)
     masks[1, 0:40, 0:60] = True  # overlaps mask 0 entirely: one part of its own
     masks[2, 5:6, 5:6] = True  # nothing left after the speck rule
-    source, parts = split_instance_masks(masks, min_area=4)
+    source, parts, cores = split_instance_masks(masks, min_area=4)
     assert source.tolist() == [0, 0, 1]
+    assert torch.equal(parts, cores)  # nothing merged: every part is its own component
     assert [int(p.sum()) for p in parts] == [144, 180, 2400]
     assert parts[0][2:10, 2:20].all() and not parts[0][20:30, 40:58].any()
     # a part under 0.2 of the largest stays with it: 20 px next to 180 px
     masks2 = torch.zeros(1, 40, 60, dtype=torch.bool)
     masks2[0, 20:30, 40:58] = True
     masks2[0, 2:4, 2:12] = True
-    source, parts = split_instance_masks(masks2, min_area=4, min_part_fraction=0.2)
+    source, parts, cores = split_instance_masks(masks2, min_area=4, min_part_fraction=0.2)
     assert source.tolist() == [0] and int(parts[0].sum()) == 200
-    source, parts = split_instance_masks(masks2, min_area=4, min_part_fraction=0.0)
+    assert int(cores[0].sum()) == 180 and not cores[0][2:4, 2:12].any()
+    source, parts, _ = split_instance_masks(masks2, min_area=4, min_part_fraction=0.0)
     assert source.tolist() == [0, 0]
 
 
@@ -59,3 +61,15 @@ def test_instance_components_keep_score_class_and_take_tight_boxes():
     assert out.image_size == (40, 60)
     empty = instance_components(_instances(masks[:0], [], [], torch.zeros(0, 4)), min_area=4)
     assert len(empty) == 0 and empty.pred_masks.shape == (0, 40, 60)
+
+
+def test_merged_fragment_stays_in_the_mask_but_not_in_the_box():
+    masks = torch.zeros(1, 40, 60, dtype=torch.bool)
+    masks[0, 20:30, 40:58] = True  # 180 px body
+    masks[0, 2:4, 2:12] = True  # 20 px fragment far away: under 0.2 of the body, kept with it
+    inst = _instances(masks, [0.8], [0], [[0, 0, 60, 40]])
+    out = instance_components(inst, min_area=4, min_part_fraction=0.2)
+    assert len(out) == 1 and int(out.pred_masks[0].sum()) == 200
+    assert out.pred_boxes.tensor.tolist() == [
+        [40, 20, 58, 30]
+    ]  # the body's box, not [2, 2, 58, 30]
