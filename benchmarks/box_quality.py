@@ -14,7 +14,6 @@ boxes are computed from the same predicted masks. Writes
 ``output/benchmarks/box_quality.json``.
 """
 
-import argparse
 import os
 import sys
 from collections import defaultdict
@@ -24,22 +23,23 @@ import d2_detr  # noqa: F401  (compat before detectron2)
 # isort: split
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, pairwise_iou
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from d2_detr.data.datasets import register_concrete_defects
 from d2_detr.engine import DETRCheckpointer, DETRTrainer
 from d2_detr.modeling.postprocess import mask_boxes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.common import markdown_table, write_result  # noqa: E402
-
-CONFIG = os.path.join(ROOT, "configs", "ConcreteDefects", "detr_tiny_cpu.yaml")
+from benchmarks.common import (  # noqa: E402
+    markdown_table,
+    split_and_config,
+    trained_model_parser,
+    write_result,
+)
 
 
 class _MaskBoxes:
@@ -116,21 +116,10 @@ def box_iou_of_matches(records, predictions, thing_ids, score_threshold):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--data", required=True, help="a converted dataset root")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--config-file", default=CONFIG)
+    parser = trained_model_parser(__doc__.split("\n\n")[0], "box_quality")
     parser.add_argument("--score-threshold", type=float, default=0.5)
-    parser.add_argument("--name", default="box_quality")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-
-    register_concrete_defects(args.data, name_prefix="boxq", splits=(args.split,))
-    name = f"boxq_{args.split}_panoptic"
-    cfg = get_cfg()
-    d2_detr.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    name, cfg = split_and_config(args, "boxq")
     cfg.merge_from_list(
         [
             "MODEL.WEIGHTS",

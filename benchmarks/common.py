@@ -169,3 +169,38 @@ def set_threads(args):
     """``torch.set_num_threads(args.threads)`` unless it is 0 (torch's default)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+TINY_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs",
+    "ConcreteDefects",
+    "detr_tiny_cpu.yaml",
+)
+
+
+def trained_model_parser(description, name):
+    """Options of the scripts that analyse a trained model on one split of a converted dataset:
+    --weights --data --split --config-file --name and trailing config overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--data", required=True, help="a converted dataset root")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--config-file", default=TINY_CONFIG)
+    parser.add_argument("--name", default=name)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return parser
+
+
+def split_and_config(args, prefix):
+    """Register ``args.split`` of ``args.data`` as ``<prefix>_<split>_panoptic``; returns that
+    name and the config (``args.config_file`` + the DETR keys, overrides not yet merged)."""
+    from detectron2.config import get_cfg
+
+    from d2_detr.data.datasets import register_concrete_defects
+
+    register_concrete_defects(args.data, name_prefix=prefix, splits=(args.split,))
+    cfg = get_cfg()
+    d2_detr.add_detr_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    return f"{prefix}_{args.split}_panoptic", cfg

@@ -15,7 +15,6 @@ probability on "no object" is dropped by the panoptic merge (``OBJECT_MASK_THRES
 PQ although its mask is right. Writes ``output/benchmarks/<name>.json``.
 """
 
-import argparse
 import os
 import sys
 from collections import defaultdict
@@ -26,18 +25,21 @@ import d2_detr  # noqa: F401  (compat before detectron2)
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from d2_detr.data.dataset_mappers import DetrPanopticDatasetMapper
-from d2_detr.data.datasets import register_concrete_defects
 from d2_detr.engine import DETRCheckpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.box_quality import CONFIG, ground_truth_instances  # noqa: E402
-from benchmarks.common import markdown_table, write_result  # noqa: E402
+from benchmarks.box_quality import ground_truth_instances  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    markdown_table,
+    split_and_config,
+    trained_model_parser,
+    write_result,
+)
 
 
 def query_masks_and_probs(model, image):
@@ -100,20 +102,8 @@ def summarise(rows, classes):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--data", required=True, help="a converted dataset root")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--config-file", default=CONFIG)
-    parser.add_argument("--name", default="query_diagnosis")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
-
-    register_concrete_defects(args.data, name_prefix="qdiag", splits=(args.split,))
-    name = f"qdiag_{args.split}_panoptic"
-    cfg = get_cfg()
-    d2_detr.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    args = trained_model_parser(__doc__.split("\n\n")[0], "query_diagnosis").parse_args(argv)
+    name, cfg = split_and_config(args, "qdiag")
     cfg.merge_from_list(args.opts)
     model = build_model(cfg).eval()
     DETRCheckpointer(model).load(args.weights)
