@@ -34,12 +34,7 @@ from d2_detr.engine import DETRCheckpointer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.box_quality import ground_truth_instances  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    markdown_table,
-    split_and_config,
-    trained_model_parser,
-    write_result,
-)
+from benchmarks import common  # noqa: E402
 
 
 def query_masks_and_probs(model, image):
@@ -102,8 +97,8 @@ def summarise(rows, classes):
 
 
 def main(argv=None):
-    args = trained_model_parser(__doc__.split("\n\n")[0], "query_diagnosis").parse_args(argv)
-    name, cfg = split_and_config(args, "qdiag")
+    args = common.trained_model_parser(__doc__.split("\n\n")[0], "query_diagnosis").parse_args(argv)
+    name, cfg = common.split_and_config(args, "qdiag")
     cfg.merge_from_list(args.opts)
     model = build_model(cfg).eval()
     DETRCheckpointer(model).load(args.weights)
@@ -118,8 +113,8 @@ def main(argv=None):
     header += ["p(class)", "p(no object)", "argmax no object", "outlined by a query with p > 0.5"]
     keys = ["segments", "median_best_iou", "outlined", "best_class_right", "p_class"]
     keys += ["p_no_object", "dropped_as_no_object", "outlined_with_p_over_half"]
-    print(markdown_table(header, [[c] + [v[k] for k in keys] for c, v in summary.items()]))
-    path = write_result(
+    print(common.markdown_table(header, [[c] + [v[k] for k in keys] for c, v in summary.items()]))
+    path = common.write_result(
         args.name,
         {"weights": args.weights, "data": args.data, "split": args.split, "classes": summary},
     )
