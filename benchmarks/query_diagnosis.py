@@ -33,8 +33,8 @@ from d2_detr.engine import DETRCheckpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.box_quality import ground_truth_instances  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks.box_quality import ground_truth_instances  # noqa: E402
 
 
 def query_masks_and_probs(model, image):
