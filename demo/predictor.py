@@ -25,10 +25,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from d2_detr.data.panoptic_format import (
-    HEIF_EXTENSIONS,
     PHOTO_EXTENSIONS,
-    PHOTO_FORMATS,
-    enable_heif,
+    photo_formats_for,
     wide_grey_to_uint8,
 )
 from d2_detr.inspection import DefectReport
@@ -231,12 +229,6 @@ def _to_bgr8(image):
     return np.asarray(image.convert("RGB"))[:, :, ::-1]
 
 
-def _photo_formats():
-    """``panoptic_format.photo_formats()``: PHOTO_FORMATS, plus "HEIF" when pillow-heif is
-    installed; ``enable_heif`` looked up in this module at call time, so a test can patch it."""
-    return PHOTO_FORMATS + (("HEIF",) if enable_heif() else ())
-
-
 class UnreadablePhoto(OSError):
     """A photo that cannot be read (the reason is the message); the demo lists it, goes on."""
 
@@ -260,12 +252,10 @@ def read_photo(path, max_megapixels=DEFAULT_MAX_MEGAPIXELS):
             f"{ext} photos are not read by this tool (camera raw, GIF): export them "
             "as JPEG or PNG"
         )
-    formats = _photo_formats()
-    if "HEIF" not in formats and path.lower().endswith(HEIF_EXTENSIONS):
-        raise UnreadablePhoto(
-            "HEIC photos need the pillow-heif package (pip install pillow-heif, part of "
-            "d2_detr's requirements), or export them as JPEG"
-        )
+    try:
+        formats = photo_formats_for(path)
+    except ValueError as e:  # a HEIC without pillow-heif
+        raise UnreadablePhoto(str(e).removeprefix(f"{path}: ")) from None
     try:
         size = os.stat(path).st_size
     except OSError as e:

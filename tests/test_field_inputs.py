@@ -22,6 +22,7 @@ from cli_utils import assert_user_error, run_tool
 from PIL import Image
 from test_demo import SMALL_CLI, TINY, run_in_process, save_tiny_weights
 
+from d2_detr.data import panoptic_format
 from d2_detr.data.conversion import convert_concrete_dataset
 from d2_detr.data.panoptic_format import enable_heif, image_size, read_image_rgb
 from d2_detr.engine.setup import check_weights_fit, load_config, weights_fit
@@ -98,7 +99,7 @@ def test_heic_photo_is_read_as_displayed(orientation, tmp_path):
 
 def test_heic_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
     save_rotated(tmp_path / "IMG_0001.heif", 1)
-    monkeypatch.setattr(predictor, "enable_heif", lambda: False)
+    monkeypatch.setattr(panoptic_format, "enable_heif", lambda: False)
     with pytest.raises(UnreadablePhoto, match="pillow-heif"):
         read_photo(str(tmp_path / "IMG_0001.heif"))
     save_rotated(tmp_path / "p.jpg", 1)  # other photos are still read
@@ -587,11 +588,8 @@ def test_converter_reads_heic_tiff_and_webp_photos(tmp_path):
 
 
 def test_converter_heic_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
-    from d2_detr.data.conversion import images as conversion_images
-    from d2_detr.data.panoptic_format import PHOTO_FORMATS
-
     _field_raw(tmp_path / "raw")
-    monkeypatch.setattr(conversion_images, "photo_formats", lambda: PHOTO_FORMATS)
+    monkeypatch.setattr(panoptic_format, "enable_heif", lambda: False)
     with pytest.raises(UserError, match=r"IMG_0001\.HEIC: HEIC photos need the pillow-heif") as e:
         convert_concrete_dataset(tmp_path / "raw", tmp_path / "out", workers=1, progress=False)
     assert "pip install pillow-heif" in e.value.hint

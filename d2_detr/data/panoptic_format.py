@@ -17,6 +17,7 @@ whatever a file is named).
 """
 
 import json
+import os
 import struct
 import zlib
 
@@ -33,6 +34,7 @@ __all__ = [
     "PHOTO_FORMATS",
     "enable_heif",
     "photo_formats",
+    "photo_formats_for",
     "id2rgb",
     "rgb2id",
     "read_image_rgb",
@@ -88,6 +90,18 @@ def photo_formats():
     return PHOTO_FORMATS + (("HEIF",) if enable_heif() else ())
 
 
+def photo_formats_for(path):
+    """:func:`photo_formats`, checked for ``path``: ValueError naming it and saying what to install
+    when it is named as a HEIC / HEIF photo and pillow-heif is not installed."""
+    formats = photo_formats()
+    if "HEIF" not in formats and os.fspath(path).lower().endswith(HEIF_EXTENSIONS):
+        raise ValueError(
+            f"{path}: HEIC photos need the pillow-heif package (pip install pillow-heif, part of "
+            "d2_detr's requirements), or export them as JPEG"
+        )
+    return formats
+
+
 def wide_grey_to_uint8(img):
     """
     (H, W) uint8 of a grey PIL image wider than 8 bits, or None for any other mode. 16-bit grey
@@ -119,12 +133,7 @@ def read_image_rgb(path, mode="RGB"):
         ValueError: naming ``path`` when the file is not a readable image (corrupt, truncated,
             or not of a photo format).
     """
-    formats = photo_formats()
-    if "HEIF" not in formats and str(path).lower().endswith(HEIF_EXTENSIONS):
-        raise ValueError(
-            f"{path}: HEIC photos need the pillow-heif package (pip install pillow-heif, part of "
-            "d2_detr's requirements), or export them as JPEG"
-        )
+    formats = photo_formats_for(path)
     try:
         with Image.open(path, formats=formats) as img:
             img.load()  # full decode: truncated files raise here

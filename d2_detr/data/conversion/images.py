@@ -8,12 +8,10 @@ quality 95 (4:4:4): Detectron2 v0.6's ``load_coco_panoptic_json`` looks for ``<p
 and its ``read_image`` (plain PIL) cannot open HEIC. So every output image is a plain JPEG.
 """
 
-import os
-
 from PIL import Image
 
 from ...utils.io import atomic_write, atomic_write_bytes
-from ..panoptic_format import HEIF_EXTENSIONS, photo_formats, read_image_rgb
+from ..panoptic_format import photo_formats_for, read_image_rgb
 from .scan import read_bytes
 from .settings import RawDatasetError
 
@@ -31,12 +29,12 @@ def _unreadable(src, reason):
 
 def write_image(src, dst):
     """Copy a JPEG as is, re-encode any other photo; returns ((width, height), re-encoded)."""
-    formats = photo_formats()  # photo decoders only: never EPS & co.
-    if "HEIF" not in formats and os.fspath(src).lower().endswith(HEIF_EXTENSIONS):
+    try:
+        formats = photo_formats_for(src)  # photo decoders only: never EPS & co.
+    except ValueError as e:  # a HEIC without pillow-heif
         raise RawDatasetError(
-            f"{src}: HEIC photos need the pillow-heif package",
-            "pip install pillow-heif (part of d2_detr's requirements), or export it as JPEG",
-        )
+            str(e), "pip install pillow-heif, or export the photo as JPEG"
+        ) from None
     try:
         with Image.open(src, formats=formats) as img:
             fmt, mode, size = img.format, img.mode, img.size
