@@ -199,7 +199,7 @@ class _IterationBatches(Dataset):
             factors = np.asarray(repeat_factors, dtype=np.float64)
             self._repeat = factors
             self._int_part = np.floor(factors).astype(np.int64)
-            self._frac_part = torch.from_numpy(factors - self._int_part)
+            self._frac_part = factors - self._int_part
             self._epoch_starts = [0]  # first position of epochs 0, 1, ... (grown on demand)
 
     def __len__(self):  # the stream is infinite; DataLoader asks only with a sized sampler
@@ -233,10 +233,15 @@ class _IterationBatches(Dataset):
         replace = len(members) < self.total_batch_size
         return [int(i) for i in rng.choice(members, self.total_batch_size, replace=replace)]
 
-    def _repeat_counts(self, generator):
-        """Copies of each image in one epoch: stochastic rounding of the repeat factors."""
-        rands = torch.rand(len(self._repeat), generator=generator, dtype=torch.float64)
-        return self._int_part + (rands < self._frac_part).numpy()
+    def _repeat_counts(self, uniforms):
+        """Copies of each image: the repeat factors rounded stochastically by ``uniforms``, one
+        draw in [0, 1) per image."""
+        return self._int_part + (uniforms < self._frac_part)
+
+    def _epoch_counts(self, generator):
+        """Copies of each image in one epoch (its draws from ``generator``)."""
+        n = len(self._repeat)
+        return self._repeat_counts(torch.rand(n, generator=generator, dtype=torch.float64).numpy())
 
     def _epoch_generator(self, epoch):
         return torch.Generator().manual_seed(derive_seed(self.seed, self._SALT_REPEAT, epoch))
@@ -247,12 +252,12 @@ class _IterationBatches(Dataset):
         starts = self._epoch_starts
         while starts[-1] <= position:
             starts.append(
-                starts[-1] + int(self._repeat_counts(self._epoch_generator(len(starts) - 1)).sum())
+                starts[-1] + int(self._epoch_counts(self._epoch_generator(len(starts) - 1)).sum())
             )
         epoch = bisect_right(starts, position) - 1
         if epoch != self._epoch:
             g = self._epoch_generator(epoch)
-            counts = self._repeat_counts(g)
+            counts = self._epoch_counts(g)
             indices = np.repeat(np.arange(len(counts)), counts)
             order = torch.randperm(len(indices), generator=g).numpy()
             self._epoch, self._perm = epoch, indices[order].tolist()
@@ -263,7 +268,7 @@ class _IterationBatches(Dataset):
         copies of each image form the pool; the group is drawn in proportion to its copies and
         the batch from its copies (so an image is seen in proportion to its factor)."""
         rng = np.random.default_rng(derive_seed(self.seed, self._SALT_GROUP_REPEAT, iteration))
-        counts = self._int_part + (rng.random(len(self._repeat)) < self._frac_part.numpy())
+        counts = self._repeat_counts(rng.random(len(self._repeat)))
         pool = np.repeat(np.arange(len(counts)), counts)
         pool_groups = self._groups[pool]
         members = [pool[pool_groups == g] for g in sorted(set(self._groups.tolist()))]
