@@ -141,14 +141,15 @@ def write_result(name, payload):
     return path
 
 
-def finish_pq_plot(fig, ax, name, target, xlabel, ylabel, legend_size=None):
-    """Target line, axis labels, grid and legend on a PQ curve; saves the figure as
-    ``output/benchmarks/<name>.png`` and returns that path."""
-    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=legend_size)
+def finish_pq_plot(fig, axes, name, target, xlabel, ylabel, legend_size=None):
+    """Target line, axis labels, grid and legend on each PQ curve of ``axes`` (one axis or a
+    sequence); saves the figure as ``output/benchmarks/<name>.png`` and returns that path."""
+    for ax in axes if isinstance(axes, (list, tuple)) else [axes]:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=legend_size)
     png = os.path.join(OUTPUT_DIR, f"{name}.png")
     fig.savefig(png, dpi=100, bbox_inches="tight")
     return png

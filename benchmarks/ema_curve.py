@@ -65,8 +65,7 @@ def plot_curves(runs, name, by_iter):
                 )  # fmt: skip
         ax.set_title(title)
     xlabel = "training iterations (batch 2)" if by_iter else "training minutes (CPU)"
-    finish_pq_plot(fig, axes[0], name, 80, xlabel, "PQ", legend_size=8)
-    return finish_pq_plot(fig, axes[1], name, 80, xlabel, "PQ", legend_size=8)
+    return finish_pq_plot(fig, list(axes), name, 80, xlabel, "PQ", legend_size=8)
 
 
 def plot_saved(paths, name):
