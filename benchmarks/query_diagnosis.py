@@ -39,14 +39,10 @@ from benchmarks.box_quality import ground_truth_instances  # noqa: E402
 
 def query_masks_and_probs(model, image):
     """(3, h, w) uint8 test-resized image -> (Q, h, w) mask probabilities, (Q, K+1) class probs."""
-    x = ((image.float().to(model.device) - model.pixel_mean) / model.pixel_std)[None]
-    h, w = x.shape[-2:]
-    div = max(model.size_divisibility, 1)
-    pad_h, pad_w = (-h) % div, (-w) % div
-    padding = torch.zeros((1, h + pad_h, w + pad_w), dtype=torch.bool, device=x.device)
-    padding[:, h:], padding[:, :, w:] = True, True
-    out = model.forward_raw(F.pad(x, (0, pad_w, 0, pad_h)), padding)
-    masks = F.interpolate(out["pred_masks"], size=(h + pad_h, w + pad_w), mode="bilinear")
+    images, padding = model.preprocess_image([{"image": image}])  # normalised, padded
+    h, w = images.image_sizes[0]
+    out = model.forward_raw(images.tensor, padding)
+    masks = F.interpolate(out["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear")
     return masks[0, :, :h, :w].sigmoid(), out["pred_logits"][0].softmax(-1)
 
 
